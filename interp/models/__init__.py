@@ -1,0 +1,266 @@
+"""`interp.load` → `VLM`: a transformers VLM wrapped in nnsight, with its adapter, resolved sites and
+`prepare` (images + questions → `Batch` with a `TokenLayout`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import InputError, SiteError, UnsupportedModelError
+from ..layout import TokenLayout
+from .adapters import ADAPTERS, adapter_for, image_layouts, supported
+
+__all__ = ["VLM", "Batch", "load", "supported"]
+
+
+@dataclass
+class Batch:
+    """Model inputs plus where each token came from. `inputs`: the dict the HF model takes."""
+
+    inputs: dict
+    layout: TokenLayout
+    questions: tuple = ()
+    answers: tuple | None = None
+    images: tuple = field(default=(), repr=False)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.inputs["input_ids"]
+
+    def __len__(self) -> int:
+        return self.layout.batch_size
+
+
+class VLM:
+    """A loaded vision-language model. `hf`: the transformers model; `nn`: the nnsight model; `processor`;
+    `adapter`; `sites`; `num_layers`."""
+
+    def __init__(self, hf, processor, *, adapter, nn, remote=False, source=None):
+        self.hf = hf
+        self.processor = processor
+        self.adapter = adapter
+        self.nn = nn
+        self.remote = remote
+        self.source = source
+        from ..attention.sites import resolve
+
+        self.sites = resolve(nn, hf, adapter.language_model)
+        self.num_layers = self.sites.num_layers
+
+    def __repr__(self):
+        return (f"VLM({type(self.hf).__name__}, layers={self.num_layers}, attn={self.attn_implementation}, "
+                f"dtype={self.dtype}, device={self.device})")
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.hf.config._attn_implementation
+
+    @property
+    def image_token_id(self) -> int:
+        return self.adapter.image_token_id(self.hf)
+
+    def identity(self) -> dict:
+        """What a checkpoint made for this model must match."""
+        tc = self.hf.config.get_text_config()
+        return {"architecture": type(self.hf).__name__, "hidden_size": int(tc.hidden_size),
+                "num_layers": int(self.num_layers)}
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, images, questions, *, answers=None) -> Batch:
+        """Images + questions (+ teacher-forced answers) → `Batch` (left-padded, ready for generate).
+
+        images: one entry per row: a PIL image, a list of PIL images, or None; questions: list of str.
+        """
+        if isinstance(questions, str):
+            questions = [questions]
+        if not isinstance(questions, (list, tuple)) or not questions:
+            raise InputError("questions must be a non-empty list of strings, one per row")
+        for i, q in enumerate(questions):
+            if not isinstance(q, str):
+                raise InputError(f"question {i} must be a str, got {type(q).__name__}")
+        if images is None or not isinstance(images, (list, tuple)):
+            images = [images]
+        if len(images) != len(questions):
+            raise InputError(f"got {len(images)} image entries for {len(questions)} questions; give one per row")
+        rows = []
+        for i, img in enumerate(images):
+            imgs = list(img) if isinstance(img, (list, tuple)) else ([] if img is None else [img])
+            if not imgs:
+                raise InputError(f"row {i} has no image; {self.adapter.name} needs at least one image per row")
+            for im in imgs:
+                if not hasattr(im, "size") or not hasattr(im, "convert"):
+                    raise InputError(f"row {i}: images must be PIL images, got {type(im).__name__}")
+            if self.adapter.max_images_per_row and len(imgs) > self.adapter.max_images_per_row:
+                raise InputError(f"row {i} has {len(imgs)} images; {self.adapter.name} allows "
+                                 f"{self.adapter.max_images_per_row}")
+            rows.append([im.convert("RGB") for im in imgs])
+        if answers is not None:
+            if len(answers) != len(questions) or not all(isinstance(a, str) for a in answers):
+                raise InputError("answers must be a list of str, one per question")
+        prompts = [self.adapter.prompt(self.processor, len(r), q) for r, q in zip(rows, questions)]
+        if answers is not None:
+            prompts = [p + " " + a for p, a in zip(prompts, answers)]
+        flat = [im for r in rows for im in r]
+        imgs_arg = rows if self.adapter.nested_images else flat
+        tok = self.tokenizer
+        old_side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = self.processor(images=imgs_arg, text=prompts, padding=True, return_tensors="pt")
+        except (ValueError, IndexError) as e:
+            raise InputError(f"{type(self.processor).__name__} rejected the inputs: {e}") from e
+        finally:
+            tok.padding_side = old_side
+        enc = dict(enc)
+        enc.pop("mm_token_type_ids", None) if "mm_token_type_ids" not in _forward_args(self.hf) else None
+        ids = enc["input_ids"]
+        pad = enc["attention_mask"] == 0
+        imgs_layout = image_layouts(self, enc, rows, ids)
+        vision = ids == self.image_token_id
+        B, T = ids.shape
+        answer = torch.zeros_like(vision)
+        if answers is not None:
+            for b, a in enumerate(answers):
+                a_ids = tok(" " + a, add_special_tokens=False)["input_ids"]
+                n = len(a_ids)
+                if n == 0 or ids[b, T - n:].tolist() != list(a_ids):
+                    raise InputError(f"row {b}: answer {a!r} does not tokenize to the end of the prompt; "
+                                     "it merges with the prompt's last token")
+                answer[b, T - n:] = True
+        last_vision = torch.where(vision.any(1), T - 1 - vision.flip(1).int().argmax(1), torch.full((B,), -1))
+        after = torch.arange(T)[None, :] > last_vision[:, None]
+        text = ~vision & ~pad
+        question = text & after & ~answer
+        layout = TokenLayout(vision=vision, text=text, question=question, answer=answer, pad=pad,
+                             images=imgs_layout)
+        dev = self.device
+        inputs = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in enc.items()}
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return Batch(inputs=inputs, layout=layout, questions=tuple(questions),
+                     answers=tuple(answers) if answers is not None else None, images=tuple(rows))
+
+    # ------------------------------------------------------------------ running
+    def forward(self, batch: Batch, **kw):
+        """Plain forward through the nnsight wrapper (no interventions); returns the HF output."""
+        from ..interventions import intervene
+
+        return intervene(self).forward(batch, **kw)
+
+    def generate(self, batch: Batch, **kw):
+        from ..interventions import intervene
+
+        return intervene(self).generate(batch, **kw)
+
+
+def _forward_args(hf) -> set:
+    import inspect
+
+    return set(inspect.signature(hf.forward).parameters)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _load_processor(path: str):
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (ImportError, ValueError, OSError, TypeError):
+        # Qwen processors insist on a video processor (torchvision); images need none.
+        import transformers
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+        from . import zoo
+
+        arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
+        if "Qwen2" not in arch:
+            raise
+        cls = transformers.Qwen2_5_VLProcessor if "2_5" in arch else transformers.Qwen2VLProcessor
+        template = None
+        jinja = os.path.join(path, "chat_template.jinja")
+        if os.path.exists(jinja):
+            with open(jinja) as f:
+                template = f.read()
+        return zoo._qwen_processor(cls)(image_processor=AutoImageProcessor.from_pretrained(path),
+                                        tokenizer=AutoTokenizer.from_pretrained(path), chat_template=template)
+
+
+def load(source, *, processor=None, dtype=None, device=None, attn_implementation="sdpa", remote=False,
+         check=True) -> VLM:
+    """Load a VLM from a hub id, a local `save_pretrained` directory, or a built transformers model.
+
+    dtype: e.g. torch.bfloat16; device: "cpu", "cuda", ...; attn_implementation: "sdpa" or "eager";
+    remote: True for NDIF, "local" to simulate serialization offline. check: run the site self-check.
+    """
+    from nnsight.modeling.transformers import TransformersModel
+
+    if isinstance(source, torch.nn.Module):
+        hf = source
+        if processor is None:
+            raise InputError("loading a built model needs its processor: interp.load(model, processor=proc)")
+        adapter = adapter_for(hf)
+        if hasattr(hf, "set_attn_implementation"):
+            hf.set_attn_implementation(attn_implementation)
+        name = getattr(hf.config, "_name_or_path", "") or type(hf).__name__
+    elif isinstance(source, (str, os.PathLike)):
+        source = os.fspath(source)
+        local = os.path.isdir(source)
+        if not local and _offline():
+            raise InputError(
+                f"{source!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE=1); pass a "
+                "directory saved with save_pretrained, or (model, processor) already built")
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        try:
+            cfg = AutoConfig.from_pretrained(source)
+        except OSError as e:
+            raise InputError(f"cannot load {source!r} ({e.__class__.__name__}); no network? pass a local "
+                             "directory saved with save_pretrained") from None
+        arch = (cfg.architectures or [""])[0]
+        if arch not in supported():
+            raise UnsupportedModelError(f"{arch or cfg.model_type} is not supported; interp has adapters for: "
+                                        f"{', '.join(supported())}")
+        if remote and remote != "local":
+            nn = TransformersModel(source, task="image-text-to-text", remote=True)
+            return VLM(nn._module, nn.processor, adapter=adapter_for(nn._module), nn=nn, remote=True, source=source)
+        kw = {"attn_implementation": attn_implementation}
+        if dtype is not None:
+            kw["dtype"] = dtype
+        hf = AutoModelForImageTextToText.from_pretrained(source, **kw)
+        processor = processor or _load_processor(source)
+        adapter = adapter_for(hf)
+        name = source
+    else:
+        raise InputError(f"source must be a hub id, a directory or a transformers model, got {type(source).__name__}")
+    if dtype is not None:
+        hf = hf.to(dtype)
+    if device is not None:
+        hf = hf.to(device)
+    hf.eval()
+    nn = TransformersModel(hf, task="image-text-to-text", processor=processor)
+    vlm = VLM(hf, processor, adapter=adapter, nn=nn, remote=remote, source=name)
+    if check:
+        from ..attention.check import self_check
+
+        self_check(vlm)
+    return vlm
+
+
+__all__ += ["ADAPTERS", "SiteError"]

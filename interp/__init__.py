@@ -1,0 +1,45 @@
+"""interp: see and change how information flows from image tokens to text tokens inside VLMs.
+
+    import interp
+    vlm = interp.zoo.tiny("llava")                 # or interp.load(dir), interp.toy.load()
+    batch = vlm.prepare(images=[img], questions=["what color is the circle ?"])
+    stats = interp.capture(vlm, batch)             # per-layer text→vision attention statistics
+    out = interp.intervene(vlm, interp.EdgeMask("text", "vision")).generate(batch, max_new_tokens=4)
+"""
+
+from importlib import import_module
+
+from .errors import InterpError
+from .layout import TokenLayout
+
+_LAZY = {
+    "load": ("interp.models", "load"),
+    "VLM": ("interp.models", "VLM"),
+    "Batch": ("interp.models", "Batch"),
+    "intervene": ("interp.interventions", "intervene"),
+    "Intervention": ("interp.interventions", "Intervention"),
+    "capture": ("interp.attention.capture", "capture"),
+    "Capture": ("interp.attention.capture", "Capture"),
+    "AttentionStats": ("interp.attention.capture", "AttentionStats"),
+    "EdgeMask": ("interp.attention.masks", "EdgeMask"),
+    "InjectAttention": ("interp.attention.inject", "InjectAttention"),
+    "Patch": ("interp.patching", "Patch"),
+    "patch_sweep": ("interp.patching", "patch_sweep"),
+    "evaluate": ("interp.evaluate", "evaluate"),
+    "compare": ("interp.evaluate", "compare"),
+    "zoo": ("interp.models.zoo", None),
+    "toy": ("interp.toy", None),
+    "data": ("interp.data", None),
+}
+
+__all__ = ["InterpError", "TokenLayout", *_LAZY]
+
+
+def __getattr__(name):
+    # Lazy so `import interp` stays cheap (transformers/nnsight load on first use).
+    if name not in _LAZY:
+        raise AttributeError(f"module 'interp' has no attribute {name!r}")
+    mod, attr = _LAZY[name]
+    value = import_module(mod) if attr is None else getattr(import_module(mod), attr)
+    globals()[name] = value
+    return value

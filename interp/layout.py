@@ -1,0 +1,197 @@
+"""Where every token of a batch comes from: vision / text / question / answer / pad, and image geometry.
+
+Vision token `i` of a row is its `i`-th vision position in sequence order; every per-vision-token array in
+interp (`[..., Nv]`) uses that order. Each image is made of one or more `Piece`s (a grid of tokens over a
+region of the original image: LLaVA's single grid, LLaVA-NeXT's base image + tiles, Idefics3's tiles + global
+image); vision tokens that cover no patch (LLaVA-NeXT's image-newline) belong to no piece.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A `(rows, cols)` grid of vision tokens covering a pixel region of one original image.
+
+    positions: [rows·cols] sequence positions, row-major. boxes: [rows·cols, 4] float (x0, y0, x1, y1) in
+    original-image pixels, the area each token covers (exclusive x1, y1).
+    """
+
+    name: str
+    grid: tuple[int, int]
+    positions: torch.Tensor
+    boxes: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """One image of one row: its vision positions (all of them, newline tokens included) and its pieces."""
+
+    row: int
+    index: int  # image index within the row
+    size: tuple[int, int]  # original (width, height)
+    positions: torch.Tensor  # [n] sequence positions of this image's tokens
+    pieces: tuple[Piece, ...]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Grid of the main piece (the full-image one: LLaVA's grid, NeXT's base, Idefics3's global)."""
+        return self.main.grid
+
+    @property
+    def main(self) -> Piece:
+        names = [p.name for p in self.pieces]
+        for pref in ("image", "base", "global"):
+            if pref in names:
+                return self.pieces[names.index(pref)]
+        return self.pieces[0]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Bool `[B, T]` token groups plus per-image geometry.
+
+    `vision`: image tokens; `text`: every non-pad, non-vision token; `question`: text after the last image
+    and before any answer; `answer`: teacher-forced answer tokens; `pad`: padding (left).
+    """
+
+    vision: torch.Tensor
+    text: torch.Tensor
+    question: torch.Tensor
+    answer: torch.Tensor
+    pad: torch.Tensor
+    images: tuple[tuple[ImageLayout, ...], ...]
+    generated: torch.Tensor = field(default=None)  # [B, T] bool; positions produced by generate
+
+    def __post_init__(self):
+        if self.generated is None:
+            object.__setattr__(self, "generated", torch.zeros_like(self.vision))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.vision.shape)
+
+    @property
+    def batch_size(self) -> int:
+        return self.vision.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.vision.shape[1]
+
+    @property
+    def num_vision(self) -> torch.Tensor:
+        """[B] number of vision tokens per row."""
+        return self.vision.sum(1)
+
+    @property
+    def last(self) -> torch.Tensor:
+        """[B, T] bool: the last non-pad position of each row (the next-token prediction position)."""
+        out = torch.zeros_like(self.vision)
+        out[:, -1] = True  # left padding: the last column is always a real token
+        return out & ~self.pad
+
+    def vision_positions(self) -> torch.Tensor:
+        """[B, Nv] long: sequence position of each vision token, -1 where a row has fewer."""
+        n = int(self.num_vision.max()) if self.vision.numel() else 0
+        out = torch.full((self.batch_size, n), -1, dtype=torch.long)
+        for b in range(self.batch_size):
+            pos = self.vision[b].nonzero().squeeze(1)
+            out[b, : len(pos)] = pos
+        return out
+
+    def vision_valid(self) -> torch.Tensor:
+        """[B, Nv] bool: which entries of a `[B, Nv]` array are real vision tokens (rest are NaN padding)."""
+        return self.vision_positions() >= 0
+
+    def group(self, name) -> torch.Tensor:
+        """A token group as bool `[B, T]`: a name, a bool tensor, or a callable of the layout."""
+        if callable(name) and not isinstance(name, torch.Tensor):
+            mask = name(self)
+        elif isinstance(name, torch.Tensor):
+            mask = name
+        elif name in ("vision", "text", "question", "answer", "pad", "generated", "last"):
+            mask = getattr(self, name)
+        elif name == "all":
+            mask = ~self.pad
+        else:
+            raise InputError(
+                f"unknown token group {name!r}; use 'vision', 'text', 'question', 'answer', 'generated', "
+                "'last', 'all', a bool [B, T] tensor, or a callable of the layout"
+            )
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != self.shape:
+            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise InputError(f"token group {name!r} must be a bool tensor of shape {self.shape}, got {got}")
+        return mask
+
+    def extend(self, n: int) -> "TokenLayout":
+        """The layout after `n` generated tokens: new positions are `text` and `generated`."""
+        B = self.batch_size
+
+        def grow(x, value):
+            return torch.cat([x, torch.full((B, n), value, dtype=torch.bool)], dim=1)
+
+        return replace(self, vision=grow(self.vision, False), text=grow(self.text, True),
+                       question=grow(self.question, False), answer=grow(self.answer, False),
+                       pad=grow(self.pad, False), generated=grow(self.generated, True))
+
+    # ----- geometry helpers -----
+
+    def scatter(self, values: torch.Tensor, row: int = 0) -> list[dict[str, torch.Tensor]]:
+        """Per-vision-token values `[Nv]` (row `row`'s order) → per image a dict piece name → `[rows, cols]`."""
+        pos = self.vision[row].nonzero().squeeze(1)
+        if values.shape[0] < len(pos):
+            raise InputError(f"row {row} has {len(pos)} vision tokens but values has {values.shape[0]}")
+        index = torch.full((self.seq_len,), -1, dtype=torch.long)
+        index[pos] = torch.arange(len(pos))
+        out = []
+        for img in self.images[row]:
+            out.append({p.name: values[index[p.positions]].reshape(p.grid) for p in img.pieces})
+        return out
+
+    def boxes_to_mask(self, boxes: list) -> torch.Tensor:
+        """Pixel boxes per row (list of B lists of (x0, y0, x1, y1); per image when a row has several images:
+        a list of lists) → bool `[B, T]`: the vision tokens whose patch overlaps any box of their image."""
+        if len(boxes) != self.batch_size:
+            raise InputError(f"boxes_to_mask needs one list of boxes per row ({self.batch_size}), got {len(boxes)}")
+        mask = torch.zeros_like(self.vision)
+        for b, row_boxes in enumerate(boxes):
+            imgs = self.images[b]
+            per_image = row_boxes if (len(imgs) > 1 and row_boxes and _is_nested(row_boxes)) else [row_boxes] * len(imgs)
+            for img, img_boxes in zip(imgs, per_image):
+                if not img_boxes:
+                    continue
+                bx = torch.as_tensor(img_boxes, dtype=torch.float32).reshape(-1, 4)
+                for p in img.pieces:
+                    t = p.boxes  # [n, 4]
+                    overlap = ((t[:, None, 0] < bx[None, :, 2]) & (bx[None, :, 0] < t[:, None, 2])
+                               & (t[:, None, 1] < bx[None, :, 3]) & (bx[None, :, 1] < t[:, None, 3]))
+                    mask[b, p.positions[overlap.any(1)]] = True
+        return mask
+
+
+def _is_nested(boxes) -> bool:
+    first = boxes[0]
+    return isinstance(first, (list, tuple)) and len(first) > 0 and isinstance(first[0], (list, tuple))
+
+
+def grid_boxes(rows: int, cols: int, region: tuple[float, float, float, float],
+               clip: tuple[float, float] | None = None) -> torch.Tensor:
+    """[rows·cols, 4] boxes of a regular grid laid over `region` (x0, y0, x1, y1), row-major, optionally
+    clipped to an image of size `clip` = (width, height)."""
+    x0, y0, x1, y1 = region
+    xs = torch.linspace(x0, x1, cols + 1, dtype=torch.float64)
+    ys = torch.linspace(y0, y1, rows + 1, dtype=torch.float64)
+    gy, gx = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    gy, gx = gy.flatten(), gx.flatten()
+    out = torch.stack([xs[gx], ys[gy], xs[gx + 1], ys[gy + 1]], dim=1)
+    if clip is not None:
+        out[:, 0::2] = out[:, 0::2].clamp(0, clip[0])
+        out[:, 1::2] = out[:, 1::2].clamp(0, clip[1])
+    return out.float()
