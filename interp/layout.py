@@ -68,10 +68,13 @@ class TokenLayout:
     pad: torch.Tensor
     images: tuple[tuple[ImageLayout, ...], ...]
     generated: torch.Tensor = field(default=None)  # [B, T] bool; positions produced by generate
+    prompt_len: int = -1  # columns before any generated token
 
     def __post_init__(self):
         if self.generated is None:
             object.__setattr__(self, "generated", torch.zeros_like(self.vision))
+        if self.prompt_len < 0:
+            object.__setattr__(self, "prompt_len", self.vision.shape[1])
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -92,10 +95,13 @@ class TokenLayout:
 
     @property
     def last(self) -> torch.Tensor:
-        """[B, T] bool: the last non-pad position of each row (the next-token prediction position)."""
+        """[B, T] bool: the last prompt position of each row (where the first answer token is predicted)."""
+        # Left padding: the last prompt column is a real token; with teacher-forced answers, the one before them.
+        has = self.answer.any(1)
+        pos = torch.where(has, self.answer.int().argmax(1) - 1, torch.full_like(has, self.prompt_len - 1, dtype=torch.long))
         out = torch.zeros_like(self.vision)
-        out[:, -1] = True  # left padding: the last column is always a real token
-        return out & ~self.pad
+        out[torch.arange(self.batch_size), pos] = True
+        return out
 
     def vision_positions(self) -> torch.Tensor:
         """[B, Nv] long: sequence position of each vision token, -1 where a row has fewer."""

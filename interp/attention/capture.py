@@ -1,0 +1,170 @@
+"""Per-layer text→vision attention statistics, reduced on device, without requiring eager attention.
+
+Under SDPA the model keeps running SDPA; at each attention call the statistics are recomputed for the
+selected query rows only (`softmax(q_rows·kᵀ·scale + mask_rows)`). Under eager the returned probabilities
+are read. Injected / masked probabilities are seen as the model uses them (capture reads last).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import InputError
+from ..interventions import Intervention, intervene
+
+HEADS = ("mean", "max", "none")
+
+
+@dataclass
+class AttentionStats:
+    """Statistics per captured layer (`layers`), row and vision token; NaN where a row has fewer tokens.
+
+    vision_ratio: [L, B] (or [L, B, H] with heads="none") attention mass on vision keys, mean over query rows;
+    vision_max: [L, B, Nv] (or [L, B, H, Nv]) max over query rows (AIF's d);
+    vision_mean: [L, B, Nv] mean over query rows;
+    vision_entropy: [L, B] entropy of the attention over vision tokens renormalised to 1, mean over rows;
+    probs: with keep_probs, per layer a [B, H, n, K] tensor of the selected rows (rows = `rows`);
+    generated: per decode step, [L, B, Nv] attention of the new token to each vision token.
+    """
+
+    layers: list
+    vision_ratio: torch.Tensor
+    vision_max: torch.Tensor
+    vision_mean: torch.Tensor
+    vision_entropy: torch.Tensor
+    queries: torch.Tensor  # [B, T] bool, the rows the statistics are over
+    probs: list | None = None
+    rows: torch.Tensor | None = None
+    generated: list = field(default_factory=list)
+
+    def layer(self, l: int) -> dict:
+        i = self.layers.index(l)
+        return {k: getattr(self, k)[i] for k in ("vision_ratio", "vision_max", "vision_mean", "vision_entropy")}
+
+
+def reduce_rows(p: torch.Tensor, rowsel: torch.Tensor, vpos: torch.Tensor, heads: str) -> dict:
+    """Reduce probabilities of candidate query rows to vision statistics.
+
+    p: [B, H, n, K] float; rowsel: [B, n] bool (which candidate rows count for each batch row);
+    vpos: [B, Nv] long vision positions (-1 = none). Returns tensors [B, (H,) Nv] / [B, (H)].
+    """
+    if heads == "mean":
+        p = p.mean(1, keepdim=True)
+    elif heads == "max":
+        p = p.amax(1, keepdim=True)
+    B, H, n, K = p.shape
+    valid = vpos >= 0  # [B, Nv]
+    idx = vpos.clamp(min=0)[:, None, None, :].expand(B, H, n, vpos.shape[1])
+    pv = torch.gather(p, 3, idx) * valid[:, None, None, :]  # [B, H, n, Nv]
+    sel = rowsel[:, None, :, None]
+    cnt = rowsel.sum(1).clamp(min=1)[:, None]  # [B, 1]
+    nan = torch.tensor(float("nan"), device=p.device)
+    vmax = torch.where(sel, pv, torch.full_like(pv, -1.0)).amax(2)  # [B, H, Nv]
+    vmean = (pv * sel).sum(2) / cnt[:, :, None]
+    mass = pv.sum(-1)  # [B, H, n]
+    ratio = (mass * rowsel[:, None]).sum(-1) / cnt
+    q = pv / mass[..., None].clamp(min=1e-30)
+    ent_rows = -(q * torch.log(q.clamp(min=1e-30))).sum(-1)  # [B, H, n]
+    ent = (ent_rows * rowsel[:, None]).sum(-1) / cnt
+    none = ~rowsel.any(1)  # rows with no selected query: NaN, not zero
+    vmax = torch.where(valid[:, None] & ~none[:, None, None], vmax, nan)
+    vmean = torch.where(valid[:, None] & ~none[:, None, None], vmean, nan)
+    ratio = torch.where(none[:, None], nan, ratio)
+    ent = torch.where(none[:, None], nan, ent)
+    if heads != "none":
+        vmax, vmean, ratio, ent = vmax[:, 0], vmean[:, 0], ratio[:, 0], ent[:, 0]
+    return {"vision_max": vmax, "vision_mean": vmean, "vision_ratio": ratio, "vision_entropy": ent}
+
+
+def query_group(layout, queries) -> torch.Tensor:
+    """Resolve `queries` ("question", "last", "text", "answer", bool [B, T], callable) to bool [B, T]."""
+    if isinstance(queries, str) and queries == "text":
+        # every non-vision token that can see an image: after the first vision token
+        first = torch.where(layout.vision.any(1), layout.vision.int().argmax(1), torch.full((layout.batch_size,), 10**9))
+        return layout.text & (torch.arange(layout.seq_len)[None] > first[:, None])
+    return layout.group(queries)
+
+
+@dataclass(frozen=True, eq=False)
+class Capture(Intervention):
+    """Record per-layer text→vision attention statistics (diagnostics key `name`, value `AttentionStats`).
+
+    queries: "question" | "last" | "text" | "answer" | bool [B, T] | callable; heads: "mean" | "max" | "none";
+    layers: None = all; keep_probs: keep the selected rows' full probabilities; during generate each decode
+    step's new token is captured too.
+    """
+
+    queries: object = "question"
+    heads: str = "mean"
+    layers: tuple | None = None
+    keep_probs: bool = False
+    name: str = "capture"
+    reads_probs = True
+
+    def __post_init__(self):
+        if self.heads not in HEADS:
+            raise InputError(f"heads must be one of {HEADS}, got {self.heads!r}")
+
+    def _layers(self, ctx):
+        L = ctx.vlm.num_layers
+        return list(range(L)) if self.layers is None else sorted(int(l) for l in self.layers)
+
+    def prepare(self, ctx):
+        s = ctx.scratch(self)
+        s.clear()
+        qg = query_group(ctx.batch.layout, self.queries)
+        if not qg.any():
+            raise InputError(f"capture: query group {self.queries!r} selects no token in any row")
+        s["qg"] = qg.to(ctx.device)
+        s["vpos"] = ctx.batch.layout.vision_positions().to(ctx.device)
+        s["prefill"], s["steps"] = {}, {}
+
+    def attention_layers(self, ctx):
+        return set(self._layers(ctx))
+
+    def read(self, ctx, call):
+        s = ctx.scratch(self)
+        if ctx.step == 0:
+            qg = s["qg"]  # [B, T] prompt positions
+            cand = qg.any(0).nonzero().squeeze(1)  # union of rows across the batch
+            p = call.probs(cand)
+            stats = reduce_rows(p, qg[:, cand], s["vpos"], self.heads)
+            if self.keep_probs:
+                stats["probs"] = p
+            s["prefill"][call.layer] = {k: v.detach().cpu() for k, v in stats.items()}
+        else:  # decode step: the one new query row
+            rowsel = torch.ones(call.B, 1, dtype=torch.bool, device=call.q.device)
+            p = call.probs(torch.tensor([call.Q - 1], device=call.q.device))
+            stats = reduce_rows(p, rowsel, s["vpos"], self.heads)
+            s["steps"].setdefault(ctx.step, {})[call.layer] = stats["vision_max"].detach().cpu()
+
+    def finish(self, ctx) -> AttentionStats:
+        s = ctx.scratch(self)
+        layers = self._layers(ctx)
+        pre = s["prefill"]
+        missing = [l for l in layers if l not in pre]
+        if missing:
+            raise InputError(f"capture: layers {missing} never ran; was the forward interrupted?")
+
+        def stack(key):
+            return torch.stack([pre[l][key] for l in layers])
+
+        gen = [torch.stack([s["steps"][st][l] for l in layers]) for st in sorted(s["steps"])]
+        return AttentionStats(layers=layers, vision_ratio=stack("vision_ratio"), vision_max=stack("vision_max"),
+                              vision_mean=stack("vision_mean"), vision_entropy=stack("vision_entropy"),
+                              queries=s["qg"].cpu(), probs=[pre[l]["probs"] for l in layers] if self.keep_probs else None,
+                              rows=s["qg"].any(0).nonzero().squeeze(1).cpu(), generated=gen)
+
+
+def capture(vlm, batch, *, layers=None, queries="question", heads="mean", keep_probs=False,
+            interventions=()) -> AttentionStats:
+    """Per-layer text→vision attention statistics of one forward (see `AttentionStats` for shapes).
+
+    Other `interventions` (e.g. an `EdgeMask`) run alongside; capture sees the attention they produce.
+    """
+    cap = Capture(queries=queries, heads=heads, layers=tuple(layers) if layers is not None else None,
+                  keep_probs=keep_probs)
+    out = intervene(vlm, *interventions, cap).forward(batch)
+    return out.diagnostics[cap.name]
