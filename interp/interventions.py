@@ -178,12 +178,15 @@ class Run:
         return False
 
     # ------------------------------------------------------------------ public
-    def forward(self, batch, **kwargs) -> ForwardOutput:
-        """One forward with every intervention applied. Returns logits `[B, T, V]` and diagnostics."""
+    def forward(self, batch, *, grad: bool = False, **kwargs) -> ForwardOutput:
+        """One forward with every intervention applied. Returns logits `[B, T, V]` and diagnostics.
+
+        grad: keep the autograd graph (e.g. to train through an injection); off by default."""
         ctx = self._context(batch, 0)
         for iv in self.interventions:
             iv.prepare(ctx)
-        return self._forward(ctx, batch.inputs, **kwargs)
+        with torch.set_grad_enabled(grad):
+            return self._forward(ctx, batch.inputs, **kwargs)
 
     def generate(self, batch, max_new_tokens: int = 16, **generate_kwargs) -> GenerateOutput:
         """Greedy (by default) generation with every intervention applied at prefill and each decode step."""
@@ -192,7 +195,8 @@ class Run:
         ctx = self._context(batch, max_new_tokens)
         for iv in self.interventions:
             iv.prepare(ctx)
-        return self._generate(ctx, batch, max_new_tokens, **generate_kwargs)
+        with torch.no_grad():
+            return self._generate(ctx, batch, max_new_tokens, **generate_kwargs)
 
     # ------------------------------------------------------------------ engine
     def _context(self, batch, n):
