@@ -25,6 +25,7 @@ _LAZY = {
     "InjectAttention": ("interp.attention.inject", "InjectAttention"),
     "Patch": ("interp.patching", "Patch"),
     "patch_sweep": ("interp.patching", "patch_sweep"),
+    "AIF": ("interp.methods.aif", "AIF"),
     "evaluate": ("interp.evaluation", "evaluate"),
     "compare": ("interp.evaluation", "compare"),
     "zoo": ("interp.models.zoo", None),

@@ -59,6 +59,10 @@ class Intervention:
     def finish(self, ctx: "Context") -> dict:
         return {}
 
+    def prefix_ok(self, ctx: "Context", length: int) -> bool:
+        """Can this intervention run on a pass that starts at position `length` (a reused KV prefix)?"""
+        return False
+
 
 @dataclass
 class Context:
@@ -72,6 +76,11 @@ class Context:
     q_len: int = 0
     k_len: int = 0
     store: dict = field(default_factory=dict)
+    interventions: tuple = ()
+    mode: str = "forward"  # or "generate"
+    generate_kwargs: dict = field(default_factory=dict)
+    forward_kwargs: dict = field(default_factory=dict)  # extra model inputs for the forward (e.g. position_ids)
+    prefix: "Prefix | None" = None  # a KV cache for the first tokens, computed by a profiling pass
 
     @property
     def device(self):
@@ -83,6 +92,19 @@ class Context:
 
     def scratch(self, iv) -> dict:
         return self.store.setdefault(id(iv), {})
+
+
+@dataclass
+class Prefix:
+    """A profiling pass's KV cache cropped to the first `length` positions, with what the language model
+    received there (`embeds` [B, T, D], `positions`: its position_ids, [B, T] or [3/4, B, T]) and the
+    profiling pass's `logits` [B, T, V] (valid for the prefix, whose rows no intervention changed)."""
+
+    cache: Any
+    length: int
+    embeds: torch.Tensor
+    positions: torch.Tensor
+    logits: torch.Tensor
 
 
 class AttentionCall:
@@ -139,6 +161,7 @@ class ForwardOutput:
 
     logits: torch.Tensor
     diagnostics: dict
+    cache: Any = None
 
 
 @dataclass
@@ -178,30 +201,33 @@ class Run:
         return False
 
     # ------------------------------------------------------------------ public
-    def forward(self, batch, *, grad: bool = False, **kwargs) -> ForwardOutput:
+    def forward(self, batch, *, grad: bool = False, inputs: dict | None = None,
+                return_cache: bool = False) -> ForwardOutput:
         """One forward with every intervention applied. Returns logits `[B, T, V]` and diagnostics.
 
-        grad: keep the autograd graph (e.g. to train through an injection); off by default."""
+        grad: keep the autograd graph (e.g. to train through an injection); inputs: extra model inputs
+        (e.g. position_ids); return_cache: run with use_cache and return the KV cache as `.cache`."""
         ctx = self._context(batch, 0)
         for iv in self.interventions:
             iv.prepare(ctx)
         with torch.set_grad_enabled(grad):
-            return self._forward(ctx, batch.inputs, **kwargs)
+            return self._forward(ctx, {**batch.inputs, **(inputs or {})}, return_cache)
 
     def generate(self, batch, max_new_tokens: int = 16, **generate_kwargs) -> GenerateOutput:
         """Greedy (by default) generation with every intervention applied at prefill and each decode step."""
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
-        ctx = self._context(batch, max_new_tokens)
+        ctx = self._context(batch, max_new_tokens, generate_kwargs)
         for iv in self.interventions:
             iv.prepare(ctx)
         with torch.no_grad():
             return self._generate(ctx, batch, max_new_tokens, **generate_kwargs)
 
     # ------------------------------------------------------------------ engine
-    def _context(self, batch, n):
+    def _context(self, batch, n, generate_kwargs=None):
         layout = batch.layout.extend(n) if n else batch.layout
-        return Context(vlm=self.vlm, batch=batch, layout=layout, max_new_tokens=n)
+        return Context(vlm=self.vlm, batch=batch, layout=layout, max_new_tokens=n, interventions=self.interventions,
+                       mode="generate" if n else "forward", generate_kwargs=dict(generate_kwargs or {}))
 
     def _plan(self, ctx):
         L = self.vlm.num_layers
@@ -274,6 +300,11 @@ class Run:
             prev = kw.get("and_mask_function")
             kw["and_mask_function"] = keep if prev is None else (lambda *a: keep(*a) & prev(*a))
             builder.inputs = (args, kw)
+        tappers = [iv for iv in self.interventions if hasattr(iv, "lm_inputs")]
+        if tappers:
+            lm_args, lm_kw = sites.lm(nn).inputs
+            for iv in tappers:
+                iv.lm_inputs(ctx, lm_args, lm_kw)
         eager = vlm.attn_implementation == "eager"
         for l in range(vlm.num_layers):
             if l in layer_edges or l in attn_layers:
@@ -322,19 +353,43 @@ class Run:
                         else:
                             env.output = new
 
-    def _forward(self, ctx, inputs, **kwargs):
+    def _forward(self, ctx, inputs, return_cache=False):
         plan = self._plan(ctx)
         self._check_edges(ctx, plan[0] + [e for es in plan[1].values() for e in es])
         nn = self.vlm.nn
-        with nn.trace(dict(inputs), **self._remote_kw(), **kwargs):
+        if ctx.prefix is not None:
+            inputs, _ = self._suffix_inputs(ctx)
+        else:
+            inputs = {**inputs, **ctx.forward_kwargs}
+        if return_cache:
+            inputs["use_cache"] = True
+        cache = None
+        with nn.trace(dict(inputs), **self._remote_kw()):
             self._run_sites(ctx, plan)
             logits = nnsight.save(nn.output.logits)
+            if return_cache:
+                cache = nnsight.save(nn.output.past_key_values)
+        if ctx.prefix is not None:  # prefix rows are unchanged by every intervention: take them from profiling
+            logits = torch.cat([ctx.prefix.logits[:, : ctx.prefix.length].to(logits.dtype), logits], dim=1)
         diags = {iv.name: iv.finish(ctx) for iv in self.interventions}
-        return ForwardOutput(logits=logits, diagnostics=diags)
+        return ForwardOutput(logits=logits, diagnostics=diags, cache=cache)
+
+    def _suffix_inputs(self, ctx):
+        """Model inputs that continue from `ctx.prefix`: the language model's own embeddings and positions for
+        positions P..T (no pixels needed: the image features are in the embeddings)."""
+        pre, b = ctx.prefix, ctx.batch
+        T = b.input_ids.shape[1]
+        P = pre.length
+        inputs = {"inputs_embeds": pre.embeds[:, P:], "attention_mask": b.inputs["attention_mask"],
+                  "past_key_values": pre.cache, "position_ids": pre.positions[..., P:],
+                  "cache_position": torch.arange(P, T, device=pre.embeds.device), "use_cache": True}
+        return inputs, T
 
     def _generate(self, ctx, batch, n, **kwargs):
         plan = self._plan(ctx)
         self._check_edges(ctx, plan[0] + [e for es in plan[1].values() for e in es])
+        if ctx.prefix is not None:
+            return self._generate_from_prefix(ctx, batch, n, plan, **kwargs)
         nn = self.vlm.nn
         kwargs.setdefault("do_sample", False)
         tok = self.vlm.tokenizer
@@ -350,6 +405,39 @@ class Run:
         texts = [s.strip() for s in tok.batch_decode(sequences[:, T:], skip_special_tokens=True)]
         diags = {iv.name: iv.finish(ctx) for iv in self.interventions}
         return GenerateOutput(texts=texts, sequences=sequences, diagnostics=diags, prompt_len=T)
+
+    def _generate_from_prefix(self, ctx, batch, n, plan, **kwargs):
+        """Greedy decoding continuing from a profiled prefix: one trace for the suffix, one per new token.
+        Same tokens as HF greedy generate (finished rows are padded, stop when all rows finished)."""
+        nn, tok = self.vlm.nn, self.vlm.tokenizer
+        eos = self.vlm.hf.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
+        pad = kwargs.get("pad_token_id", tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        inputs, T = self._suffix_inputs(ctx)
+        am = batch.inputs["attention_mask"]
+        positions = ctx.prefix.positions
+        seq = batch.input_ids
+        done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
+        for s in range(n):
+            ctx.step = s
+            with nn.trace(dict(inputs)):
+                self._run_sites(ctx, plan)
+                logits = nnsight.save(nn.output.logits[:, -1])
+                cache = nnsight.save(nn.output.past_key_values)
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            seq = torch.cat([seq, nxt[:, None]], 1)
+            done |= torch.isin(nxt, torch.tensor(sorted(eos), device=nxt.device, dtype=nxt.dtype)) if eos else done
+            if bool(done.all()) or s == n - 1:
+                break
+            am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
+            positions = positions[..., -1:] + 1  # text continues one position at a time on every axis
+            inputs = {"input_ids": nxt[:, None], "attention_mask": am, "past_key_values": cache,
+                      "position_ids": positions, "cache_position": torch.tensor([T + s], device=seq.device),
+                      "use_cache": True}
+        texts = [t.strip() for t in tok.batch_decode(seq[:, T:], skip_special_tokens=True)]
+        diags = {iv.name: iv.finish(ctx) for iv in self.interventions}
+        return GenerateOutput(texts=texts, sequences=seq, diagnostics=diags, prompt_len=T)
 
     def _remote_kw(self):
         r = self.vlm.remote

@@ -128,8 +128,8 @@ class Capture(Intervention):
         s = ctx.scratch(self)
         if ctx.step == 0:
             qg = s["qg"]  # [B, T] prompt positions
-            cand = qg.any(0).nonzero().squeeze(1)  # union of rows across the batch
-            p = call.probs(cand)
+            cand = qg.any(0).nonzero().squeeze(1)  # union of rows across the batch (absolute positions)
+            p = call.probs(cand - (call.K - call.Q))  # a pass after a reused prefix starts at K − Q
             stats = reduce_rows(p, qg[:, cand], s["vpos"], self.heads)
             if self.keep_probs:
                 stats["probs"] = p
@@ -139,6 +139,9 @@ class Capture(Intervention):
             p = call.probs(torch.tensor([call.Q - 1], device=call.q.device))
             stats = reduce_rows(p, rowsel, s["vpos"], self.heads)
             s["steps"].setdefault(ctx.step, {})[call.layer] = stats["vision_max"].detach().cpu()
+
+    def prefix_ok(self, ctx, length):
+        return not bool(ctx.scratch(self)["qg"][:, :length].any())
 
     def finish(self, ctx) -> AttentionStats:
         s = ctx.scratch(self)

@@ -79,6 +79,9 @@ class InjectAttention(Intervention):
         call.inject(lambda p, vis: inject_probs(p, rows, cols, full.to(p.dtype), vis, float(self.alpha), self.mode))
         s["applied"].append((ctx.step, call.layer))
 
+    def prefix_ok(self, ctx, length):
+        return callable(self.weights) or self.weights.dim() == 2  # per-key weights do not depend on Q
+
     def finish(self, ctx):
         return {"applied": list(ctx.scratch(self)["applied"])}
 

@@ -46,6 +46,9 @@ class EdgeMask(Intervention):
             raise InputError(f"{self.name}: layers is empty; use None for all layers")
         return layers
 
+    def prefix_ok(self, ctx, length):
+        return True  # masks are functions of absolute positions
+
     def finish(self, ctx):
         nq, nk = ctx.scratch(self)["n"]
         L = ctx.vlm.num_layers if self.layers is None else len(tuple(self.layers))

@@ -154,6 +154,14 @@ class VLM:
         return Batch(inputs=inputs, layout=layout, questions=tuple(questions),
                      answers=tuple(answers) if answers is not None else None, images=tuple(rows))
 
+    def generation_positions(self, batch: Batch):
+        """position_ids as HF generate's prefill computes them (left padding: count from the first real token);
+        None for M-RoPE families, which derive them from the mask themselves."""
+        if self.adapter.mrope:
+            return None
+        am = batch.inputs["attention_mask"]
+        return (am.long().cumsum(-1) - 1).masked_fill(am == 0, 1)
+
     # ------------------------------------------------------------------ running
     def forward(self, batch: Batch, **kw):
         """Plain forward through the nnsight wrapper (no interventions); returns the HF output."""

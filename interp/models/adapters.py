@@ -32,6 +32,7 @@ class Adapter:
     nested_images: bool = False  # processor wants images as one list per row
     max_images_per_row: int | None = None
     plain_prompt: str = "<image>\n{question}"
+    mrope: bool = False  # positions are computed by the model from the mask (Qwen M-RoPE)
 
     def image_token_id(self, hf) -> int:
         cfg = hf.config
@@ -145,8 +146,9 @@ ADAPTERS = (
             plain_prompt="USER: <image>\n{question} ASSISTANT:"),
     Adapter("llava_next", ("LlavaNextForConditionalGeneration",), "model.language_model", _llava_next_geometry,
             plain_prompt="[INST] <image>\n{question} [/INST]"),
-    Adapter("qwen2_vl", ("Qwen2VLForConditionalGeneration",), "model.language_model", _qwen_geometry),
-    Adapter("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration",), "model.language_model", _qwen_geometry),
+    Adapter("qwen2_vl", ("Qwen2VLForConditionalGeneration",), "model.language_model", _qwen_geometry, mrope=True),
+    Adapter("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration",), "model.language_model", _qwen_geometry,
+            mrope=True),
     Adapter("idefics3", ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"), "model.text_model",
             _idefics3_geometry, nested_images=True),
 )

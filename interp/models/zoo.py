@@ -246,3 +246,56 @@ def tiny(arch: str, *, seed: int = 0, size: str = "tiny", attn_implementation: s
 
     model, proc = build(arch, seed=seed, size=size)
     return load(model, processor=proc, attn_implementation=attn_implementation, **load_kw)
+
+
+# ---------------------------------------------------------------- benchmark-only configs (memory scaling)
+
+
+def build_llava_grid(grid: int, *, layers: int = 2, hidden: int = 256, heads: int = 4, seed: int = 0):
+    """The raw `(hf_model, processor)` of a random LLaVA-1.5-style model with `grid`² vision tokens.
+
+    Patch 14, image 14·grid px (grid 24 = LLaVA-1.5's 576 tokens, 48 → 2,304, 96 → 9,216). Small decoder
+    (`layers`, `hidden`, `heads`, head_dim = hidden / heads) and a 2-layer CLIP tower of width 64: sequence
+    length is what the memory-scaling benchmark varies, the model stays the same across grids.
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    if grid < 1 or hidden % heads:
+        raise InputError(f"need grid ≥ 1 and hidden divisible by heads, got grid={grid}, hidden={hidden}, "
+                         f"heads={heads}")
+    tok = word_tokenizer(["<image>"])
+    patch = 14
+    img = patch * grid
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=img, patch_size=patch, projection_dim=32)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 11 // 4,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=max(4096, grid * grid + 512), pad_token_id=tok.pad_token_id,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                      vision_feature_select_strategy="default", vision_feature_layer=-2,
+                      projector_hidden_act="gelu")
+    _seeded(seed)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    ip = CLIPImageProcessorPil(size={"shortest_edge": img}, crop_size={"height": img, "width": img},
+                               do_center_crop=True, do_resize=True)
+    template = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+                "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+                "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>{% endif %} "
+                "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1, chat_template=template)
+    return model, proc
+
+
+def llava_grid(grid: int, *, layers: int = 2, hidden: int = 256, heads: int = 4, seed: int = 0,
+               attn_implementation: str = "sdpa", **load_kw):
+    """A random LLaVA-style `interp.VLM` with `grid`² vision tokens per image (see `build_llava_grid`).
+
+        vlm = interp.zoo.llava_grid(96, check=False)   # 9,216 vision tokens; skip the load-time self-check
+    """
+    from . import load
+
+    model, proc = build_llava_grid(grid, layers=layers, hidden=hidden, heads=heads, seed=seed)
+    return load(model, processor=proc, attn_implementation=attn_implementation, **load_kw)
