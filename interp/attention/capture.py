@@ -141,7 +141,7 @@ class Capture(Intervention):
             s["steps"].setdefault(ctx.step, {})[call.layer] = stats["vision_max"].detach().cpu()
 
     def prefix_ok(self, ctx, length):
-        return not bool(ctx.scratch(self)["qg"][:, :length].any())
+        return not bool(query_group(ctx.batch.layout, self.queries)[:, :length].any())
 
     def finish(self, ctx) -> AttentionStats:
         s = ctx.scratch(self)
