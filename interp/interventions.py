@@ -369,6 +369,9 @@ class Run:
             logits = nnsight.save(nn.output.logits)
             if return_cache:
                 cache = nnsight.save(nn.output.past_key_values)
+            # On a remote server ctx is a copy: bring what the interventions recorded back explicitly.
+            store = nnsight.save(ctx.store)
+        ctx.store = store
         if ctx.prefix is not None:  # prefix rows are unchanged by every intervention: take them from profiling
             logits = torch.cat([ctx.prefix.logits[:, : ctx.prefix.length].to(logits.dtype), logits], dim=1)
         diags = {iv.name: iv.finish(ctx) for iv in self.interventions}
@@ -401,6 +404,8 @@ class Run:
                     ctx.step = int(step) if not isinstance(step, torch.Tensor) else int(step.item())
                     self._run_sites(ctx, plan)
             sequences = nnsight.save(tracer.result)
+            store = nnsight.save(ctx.store)
+        ctx.store = store
         T = batch.input_ids.shape[1]
         texts = [s.strip() for s in tok.batch_decode(sequences[:, T:], skip_special_tokens=True)]
         diags = {iv.name: iv.finish(ctx) for iv in self.interventions}

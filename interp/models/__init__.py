@@ -48,6 +48,11 @@ class VLM:
 
         self.sites = resolve(nn, hf, adapter.language_model)
         self.num_layers = self.sites.num_layers
+        if remote:
+            # The server has no interp: ship our (pure-torch) intervention code by value with each request.
+            import nnsight
+
+            nnsight.register("interp")
 
     def __repr__(self):
         return (f"VLM({type(self.hf).__name__}, layers={self.num_layers}, attn={self.attn_implementation}, "
