@@ -423,12 +423,25 @@ class Run:
         positions = ctx.prefix.positions
         seq = batch.input_ids
         done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
+        global_edges, layer_edges, attn_layers, out_sites = plan
+        # Decode steps whose only edits are all-layer edge masks need no trace: the same edges go in as an
+        # explicit 4D mask (nnsight's per-op dispatch costs more than a small model's decode step).
+        masks_only = not (layer_edges or attn_layers or out_sites
+                          or any(hasattr(iv, "lm_inputs") for iv in self.interventions))
         for s in range(n):
             ctx.step = s
-            with nn.trace(dict(inputs)):
-                self._run_sites(ctx, plan)
-                logits = nnsight.save(nn.output.logits[:, -1])
-                cache = nnsight.save(nn.output.past_key_values)
+            if masks_only:
+                first = ctx.prefix.length if s == 0 else T + s - 1  # the suffix, then one new token a step
+                q_pos = torch.arange(first, T + s, device=am.device)
+                inputs["attention_mask"] = self._step_mask(global_edges, am, q_pos)
+                with torch.no_grad():
+                    out = self.vlm.hf(**inputs)
+                logits, cache = out.logits[:, -1], out.past_key_values
+            else:
+                with nn.trace(dict(inputs)):
+                    self._run_sites(ctx, plan)
+                    logits = nnsight.save(nn.output.logits[:, -1])
+                    cache = nnsight.save(nn.output.past_key_values)
             nxt = logits.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             seq = torch.cat([seq, nxt[:, None]], 1)
@@ -443,6 +456,17 @@ class Run:
         texts = [t.strip() for t in tok.batch_decode(seq[:, T:], skip_special_tokens=True)]
         diags = {iv.name: iv.finish(ctx) for iv in self.interventions}
         return GenerateOutput(texts=texts, sequences=seq, diagnostics=diags, prompt_len=T)
+
+    def _step_mask(self, edges, am, q_pos):
+        """[B, 1, Q, K] additive mask for queries at absolute positions `q_pos` [Q] over K = am.shape[1] keys:
+        causal, pad keys and the edges' cut keys get finfo.min (the edges the mask builder would cut)."""
+        K = am.shape[1]
+        causal = q_pos[:, None] >= torch.arange(K, device=am.device)[None, :]  # [Q, K]
+        allowed = am.bool()[:, None, :] & causal[None]
+        for qm, km in edges:
+            allowed &= ~(qm[:, q_pos, None] & km[:, None, :K])
+        neg = torch.finfo(self.vlm.dtype).min
+        return torch.zeros(allowed.shape, dtype=self.vlm.dtype, device=am.device).masked_fill(~allowed, neg)[:, None]
 
     def _remote_kw(self):
         r = self.vlm.remote
