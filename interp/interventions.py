@@ -391,61 +391,93 @@ class Run:
     def _generate(self, ctx, batch, n, **kwargs):
         plan = self._plan(ctx)
         self._check_edges(ctx, plan[0] + [e for es in plan[1].values() for e in es])
-        if ctx.prefix is not None:
-            return self._generate_from_prefix(ctx, batch, n, plan, **kwargs)
-        nn = self.vlm.nn
-        kwargs.setdefault("do_sample", False)
         tok = self.vlm.tokenizer
         kwargs.setdefault("pad_token_id", tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        needs_sites = any(plan[0] or plan[1] or plan[2] or plan[3] for _ in [0])
-        with nn.generate(dict(batch.inputs), max_new_tokens=n, **self._remote_kw(), **kwargs) as tracer:
-            if needs_sites:
-                for step in tracer.iter[:n]:
-                    ctx.step = int(step) if not isinstance(step, torch.Tensor) else int(step.item())
-                    self._run_sites(ctx, plan)
-            sequences = nnsight.save(tracer.result)
+        greedy = not kwargs.get("do_sample") and set(kwargs) <= {"do_sample", "pad_token_id"}
+        if ctx.prefix is not None or (greedy and not self.vlm.remote):
+            return self._greedy(ctx, batch, n, plan, kwargs["pad_token_id"])
+        return self._hf_generate(ctx, batch, n, plan, **kwargs)
+
+    def _eos(self) -> torch.Tensor:
+        eos = self.vlm.hf.generation_config.eos_token_id
+        eos = eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+        return torch.tensor(sorted(set(eos)), dtype=torch.long, device=self.vlm.device)
+
+    def _hf_generate(self, ctx, batch, n, plan, **kwargs):
+        """HF generate inside an nnsight trace (sampling, beams, remote), sites edited at every step.
+
+        End-of-sequence stopping is off during the trace (a step that never comes would leave the trace body
+        waiting), then applied afterwards exactly as HF does: tokens after a row's EOS become padding and the
+        sequence ends when every row has finished."""
+        import copy
+
+        nn = self.vlm.nn
+        gc = copy.deepcopy(self.vlm.hf.generation_config)
+        gc.eos_token_id = None
+        kwargs.setdefault("do_sample", False)
+        with nn.generate(dict(batch.inputs), max_new_tokens=n, min_new_tokens=n, generation_config=gc,
+                         **self._remote_kw(), **kwargs) as tracer:
             store = nnsight.save(ctx.store)
+            for step in tracer.iter[:n]:
+                ctx.step = int(step) if not isinstance(step, torch.Tensor) else int(step.item())
+                self._run_sites(ctx, plan)
+            sequences = nnsight.save(tracer.result)
         ctx.store = store
         T = batch.input_ids.shape[1]
-        texts = [s.strip() for s in tok.batch_decode(sequences[:, T:], skip_special_tokens=True)]
-        diags = {iv.name: iv.finish(ctx) for iv in self.interventions}
-        return GenerateOutput(texts=texts, sequences=sequences, diagnostics=diags, prompt_len=T)
+        new = sequences[:, T:].clone()
+        eos = self._eos()
+        if len(eos):
+            hit = torch.isin(new, eos.to(new.device))
+            after = (hit.long().cumsum(1) - hit.long()) > 0  # strictly after the first EOS
+            new[after] = kwargs["pad_token_id"]
+            finished = hit.any(1)
+            if finished.all():
+                new = new[:, : int(hit.long().argmax(1).max()) + 1]
+        return self._output(ctx, torch.cat([sequences[:, :T], new], 1), T)
 
-    def _generate_from_prefix(self, ctx, batch, n, plan, **kwargs):
-        """Greedy decoding continuing from a profiled prefix: one trace for the suffix, one per new token.
-        Same tokens as HF greedy generate (finished rows are padded, stop when all rows finished)."""
-        nn, tok = self.vlm.nn, self.vlm.tokenizer
-        eos = self.vlm.hf.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
-        pad = kwargs.get("pad_token_id", tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        inputs, T = self._suffix_inputs(ctx)
-        am = batch.inputs["attention_mask"]
-        positions = ctx.prefix.positions
-        seq = batch.input_ids
-        done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
+    def _greedy(self, ctx, batch, n, plan, pad):
+        """Greedy decoding as HF does it (finished rows padded, stop when every row finished), one forward per
+        token over a KV cache: the first from `ctx.prefix` (the suffix only) or the whole prompt.
+
+        Forwards whose only edits are all-layer edge masks skip nnsight: the same edges go in as an explicit
+        4D mask (nnsight's per-op dispatch costs more than a small model's decode step)."""
+        nn, hf = self.vlm.nn, self.vlm.hf
         global_edges, layer_edges, attn_layers, out_sites = plan
-        # Decode steps whose only edits are all-layer edge masks need no trace: the same edges go in as an
-        # explicit 4D mask (nnsight's per-op dispatch costs more than a small model's decode step).
         masks_only = not (layer_edges or attn_layers or out_sites
                           or any(hasattr(iv, "lm_inputs") for iv in self.interventions))
+        T = batch.input_ids.shape[1]
+        am = batch.inputs["attention_mask"]
+        if ctx.prefix is not None:
+            inputs, _ = self._suffix_inputs(ctx)
+            positions, first = ctx.prefix.positions, ctx.prefix.length
+        else:
+            pos = self.vlm.generation_positions(batch)
+            inputs = {**batch.inputs, "use_cache": True, **({} if pos is None else {"position_ids": pos})}
+            positions, first = None, 0
+        eos = self._eos()
+        seq = batch.input_ids
+        done = torch.zeros(seq.shape[0], dtype=torch.bool, device=seq.device)
         for s in range(n):
             ctx.step = s
-            if masks_only:
-                first = ctx.prefix.length if s == 0 else T + s - 1  # the suffix, then one new token a step
-                q_pos = torch.arange(first, T + s, device=am.device)
+            if masks_only and positions is not None:
+                q_pos = torch.arange(first if s == 0 else T + s - 1, T + s, device=am.device)
                 inputs["attention_mask"] = self._step_mask(global_edges, am, q_pos)
                 with torch.no_grad():
-                    out = self.vlm.hf(**inputs)
+                    out = hf(**inputs)
                 logits, cache = out.logits[:, -1], out.past_key_values
             else:
                 with nn.trace(dict(inputs)):
+                    if positions is None:  # what the language model was given (M-RoPE: computed by the model)
+                        positions = nnsight.save(self.vlm.sites.lm(nn).inputs[1]["position_ids"])
                     self._run_sites(ctx, plan)
                     logits = nnsight.save(nn.output.logits[:, -1])
                     cache = nnsight.save(nn.output.past_key_values)
-            nxt = logits.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+                    store = nnsight.save(ctx.store)
+                ctx.store = store
+            nxt = torch.where(done, torch.full_like(logits[:, 0], pad, dtype=torch.long), logits.argmax(-1))
             seq = torch.cat([seq, nxt[:, None]], 1)
-            done |= torch.isin(nxt, torch.tensor(sorted(eos), device=nxt.device, dtype=nxt.dtype)) if eos else done
+            if len(eos):
+                done |= torch.isin(nxt, eos)
             if bool(done.all()) or s == n - 1:
                 break
             am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
@@ -453,7 +485,10 @@ class Run:
             inputs = {"input_ids": nxt[:, None], "attention_mask": am, "past_key_values": cache,
                       "position_ids": positions, "cache_position": torch.tensor([T + s], device=seq.device),
                       "use_cache": True}
-        texts = [t.strip() for t in tok.batch_decode(seq[:, T:], skip_special_tokens=True)]
+        return self._output(ctx, seq, T)
+
+    def _output(self, ctx, seq, T):
+        texts = [t.strip() for t in self.vlm.tokenizer.batch_decode(seq[:, T:], skip_special_tokens=True)]
         diags = {iv.name: iv.finish(ctx) for iv in self.interventions}
         return GenerateOutput(texts=texts, sequences=seq, diagnostics=diags, prompt_len=T)
 

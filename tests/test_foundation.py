@@ -152,3 +152,20 @@ def test_load_from_directory(tmp_path):
             ref = model(**b.inputs).logits
         assert torch.equal(interp.intervene(vlm).forward(b).logits, ref)
         assert vlm.num_layers == 4 and vlm.adapter.name == arch
+
+
+def test_generate_stops_like_hf_when_rows_finish_early():
+    """The toy model ends its answers with EOS after a word or two: both generate paths (the greedy loop, and
+    HF generate inside a trace, used for sampling/remote) must stop and pad exactly as HF does."""
+    vlm = interp.toy.load()
+    samples = interp.toy.dataset(4, seed=interp.toy.EVAL_SEED)
+    b = vlm.prepare(images=[s.image for s in samples], questions=[s.question for s in samples])
+    tok = vlm.tokenizer
+    ref = vlm.hf.generate(**b.inputs, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert ref.shape[1] - b.input_ids.shape[1] < 8  # it did stop early
+    loop = interp.intervene(vlm).generate(b, max_new_tokens=8)
+    hf_path = interp.intervene(vlm).generate(b, max_new_tokens=8, repetition_penalty=1.0)
+    ref2 = vlm.hf.generate(**b.inputs, max_new_tokens=8, do_sample=False, repetition_penalty=1.0,
+                           pad_token_id=tok.pad_token_id)
+    assert torch.equal(loop.sequences, ref)
+    assert torch.equal(hf_path.sequences, ref2)
