@@ -415,7 +415,7 @@ class Run:
         gc = copy.deepcopy(self.vlm.hf.generation_config)
         gc.eos_token_id = None
         kwargs.setdefault("do_sample", False)
-        with nn.generate(dict(batch.inputs), max_new_tokens=n, min_new_tokens=n, generation_config=gc,
+        with nn.generate(dict(batch.inputs), max_new_tokens=n, generation_config=gc,
                          **self._remote_kw(), **kwargs) as tracer:
             store = nnsight.save(ctx.store)
             for step in tracer.iter[:n]:
