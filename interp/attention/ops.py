@@ -56,6 +56,22 @@ def visible(mask, q_len: int, k_len: int, batch: int, device) -> torch.Tensor:
     return (m[:, 0] > torch.finfo(m.dtype).min / 2).expand(batch, q_len, k_len)
 
 
+def row_bias(mask, rows: torch.Tensor, q_len: int, k_len: int, dtype, device) -> torch.Tensor:
+    """The call's mask as an additive bias for query rows `rows` only: [B|1, 1, n, K]. Rows are selected
+    before any conversion, so a long sequence never builds a [Q, K] bias for a few question rows."""
+    neg = torch.finfo(dtype).min
+    if mask is None:  # SDPA without padding: causal, queries are the last q_len of k_len
+        q_pos = rows + (k_len - q_len)
+        allowed = q_pos[:, None] >= torch.arange(k_len, device=device)[None, :]  # [n, K]
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, neg)[None, None]
+    m = mask[..., :k_len]
+    if m.shape[2] == q_len:
+        m = m[:, :, rows]
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(~m, neg)
+    return m.to(dtype)
+
+
 def row_probs(q: torch.Tensor, k: torch.Tensor, mask, scale: float, rows: torch.Tensor) -> torch.Tensor:
     """Attention probabilities of the selected query rows, computed in float32.
 
@@ -67,9 +83,7 @@ def row_probs(q: torch.Tensor, k: torch.Tensor, mask, scale: float, rows: torch.
     qs = q[:, :, rows].float()
     kk = repeat_kv(k, H).float()
     scores = torch.matmul(qs, kk.transpose(-1, -2)) * scale  # [B, H, n, K]
-    bias = mask_bias(mask, Q, K, torch.float32, q.device, B)
-    bias = bias[:, :, rows] if bias.shape[2] == Q else bias
-    scores = scores + bias
+    scores = scores + row_bias(mask, rows, Q, K, torch.float32, q.device)
     probs = torch.softmax(scores, dim=-1)
     # A fully masked row (left padding) softmaxes to uniform over finfo.min; HF zeroes it through SDPA too.
     return torch.nan_to_num(probs)
