@@ -1,0 +1,431 @@
+"""Train the toy LLaVA in two stages (DESIGN.md, "Toy testbed") and write a HF checkpoint + model card.
+
+    python -m interp.toy.train --out runs/toy --minutes-a 5 --minutes-b 38     # the shipped model: 43 CPU-min
+    python -m interp.toy.train --out runs/toy --resume                           # continue after a crash
+    cp runs/toy/* interp/toy/checkpoint/   (all but train_state.pt)              # ship it
+
+Stage A trains the CLIP tower alone with a linear per-patch head (colour, shape, size, holds a box centre,
+row, column). Stage B freezes it and trains projector + Llama decoder on VQA, loss on answer + </s> only.
+End-to-end training fails (the tower's output explodes and the decoder learns to ignore the image).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from interp.toy import processor as P
+from interp.toy import scenes
+
+VAL_SEED = 777  # periodic validation during training; the model card uses scenes.EVAL_SEED
+GRID = scenes.SIZE // P.PATCH  # 8 patches per side
+VOCAB = {w: i for i, w in enumerate(P.vocabulary())}
+PAD, BOS, EOS, IMG = (VOCAB[t] for t in ("<pad>", "<s>", "</s>", "<image>"))
+
+
+# ---------------------------------------------------------------- model
+
+def build_model(layers: int = 8, seed: int = 0) -> LlavaForConditionalGeneration:
+    """Tiny LLaVA: CLIP tower 64×2 (patch 8 → 64 tokens), Llama decoder 128×layers, 4 heads, MLP 256."""
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=scenes.SIZE, patch_size=P.PATCH, projection_dim=64)
+    text = LlamaConfig(vocab_size=len(VOCAB), hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                       bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMG, projector_hidden_act="gelu",
+                      vision_feature_select_strategy="default", vision_feature_layer=-1,
+                      image_seq_length=P.N_IMAGE_TOKENS)
+    cfg.pad_token_id = PAD
+    return LlavaForConditionalGeneration(cfg).to(torch.float32)
+
+
+def pixels(images) -> torch.Tensor:
+    """PIL images → normalised pixel_values [B, 3, 64, 64], equal to the processor's (tests check this)."""
+    x = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 255.0  # [B, H, W, 3]
+    x = (x - np.array(P.MEAN, np.float32)) / np.array(P.STD, np.float32)
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+
+def encode(samples, with_answer: bool):
+    """Left-padded ids [B, T], attention_mask [B, T], position_ids [B, T], answer label positions.
+
+    Equal to processor(text=prompt(q)) (+ answer, </s> when with_answer); bypasses the slow PIL processor.
+    """
+    rows = []
+    for s in samples:
+        words = P.prompt(s.question).split()
+        ids = []
+        for w in words:
+            ids += [IMG] * P.N_IMAGE_TOKENS if w == "<image>" else [VOCAB[w]]
+        if with_answer:
+            ids += [VOCAB[s.answer], EOS]
+        rows.append(ids)
+    T = max(map(len, rows))
+    ids = torch.full((len(rows), T), PAD)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, T - len(r):] = torch.tensor(r)
+        mask[b, T - len(r):] = 1
+    # Positions count real tokens only, so a left-padded row is computed exactly as it would be alone.
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    return ids, mask, pos
+
+
+def blocked_mask(ids: torch.Tensor, mask: torch.Tensor, dtype=torch.float32, cut: bool = True) -> torch.Tensor:
+    """4D additive mask [B, 1, T, T]: causal + padding, and (cut) every text query → image key edge cut.
+
+    Float, never bool: a bool 4D mask is silently added as 0/1 under eager attention."""
+    B, T = ids.shape
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    allowed = causal[None] & mask.bool()[:, None, :]  # [B, Q, K]
+    is_img = ids == IMG
+    if cut:
+        allowed &= ~((~is_img)[:, :, None] & is_img[:, None, :])  # text rows × image columns
+    out = torch.zeros(B, 1, T, T, dtype=dtype)
+    return out.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+@torch.no_grad()
+def greedy(model, samples, *, block_vision=False, max_new_tokens=3, batch_size=64) -> list[str]:
+    """Greedy answers (words before </s>), recomputing the full sequence each step (sequences are ~80)."""
+    out = []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        ids, mask, pos = encode(chunk, with_answer=False)
+        px = pixels([s.image for s in chunk])
+        gen = torch.empty((len(chunk), 0), dtype=torch.long)
+        for _ in range(max_new_tokens):
+            am = blocked_mask(ids, mask) if block_vision else mask
+            logits = model(input_ids=ids, pixel_values=px, attention_mask=am, position_ids=pos).logits
+            nxt = logits[:, -1].argmax(-1)
+            gen = torch.cat([gen, nxt[:, None]], 1)
+            ids, mask = torch.cat([ids, nxt[:, None]], 1), torch.cat([mask, torch.ones_like(nxt)[:, None]], 1)
+            pos = torch.cat([pos, pos[:, -1:] + 1], 1)
+            if (gen == EOS).any(1).all():
+                break
+        words = list(VOCAB)
+        for row in gen.tolist():
+            row = row[:row.index(EOS)] if EOS in row else row
+            out.append(" ".join(words[t] for t in row))
+    return out
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().replace("</s>", " ").strip(" .?").split())
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion k/n."""
+    p, d = k / n, 1 + z * z / n
+    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def evaluate(model, samples, *, block_vision=False) -> dict:
+    """Per-family accuracy {family: {"acc", "n", "ci95"}} and "overall" (mean over families)."""
+    model.eval()
+    preds = greedy(model, samples, block_vision=block_vision)
+    res = {}
+    for f in dict.fromkeys(s.family for s in samples):
+        hits = [normalise(p) == normalise(s.answer) for p, s in zip(preds, samples) if s.family == f]
+        res[f] = {"acc": sum(hits) / len(hits), "n": len(hits), "ci95": wilson(sum(hits), len(hits))}
+    res["overall"] = {"acc": float(np.mean([r["acc"] for r in res.values()]))}
+    return res
+
+
+# ---------------------------------------------------------------- stage A: tower + per-patch head
+
+HEAD = {"color": 1 + len(scenes.COLORS), "shape": 1 + len(scenes.SHAPES), "size": 3, "centre": 2,
+        "row": GRID, "col": GRID}
+
+
+def patch_labels(objs) -> dict[str, np.ndarray]:
+    """Per-patch targets [GRID*GRID] for one scene: the object with most pixels in the patch (≥ 4) else bg=0."""
+    owner = np.zeros((scenes.SIZE, scenes.SIZE), np.int64)  # 0 = background, k+1 = objs[k]
+    centre = np.zeros(GRID * GRID, np.int64)
+    for k, o in enumerate(objs):
+        x0, y0, x1, y1 = o.box
+        owner[y0:y1, x0:x1][scenes.footprint(o)] = k + 1
+        cx, cy = o.center
+        centre[int(cy) // P.PATCH * GRID + int(cx) // P.PATCH] = 1
+    onehot = np.eye(len(objs) + 1, dtype=np.int64)[owner]  # [H, W, n+1]
+    counts = onehot.reshape(GRID, P.PATCH, GRID, P.PATCH, -1).sum((1, 3)).reshape(GRID * GRID, -1)
+    counts[:, 0] = 0
+    top = counts.argmax(1)
+    top[counts.max(1) < 4] = 0
+    colors, shapes = list(scenes.COLORS), list(scenes.SHAPES)
+    table = np.array([[0, 0, 0]] + [[1 + colors.index(o.color), 1 + shapes.index(o.shape),
+                                     1 + (o.size == "large")] for o in objs])[top]
+    idx = np.arange(GRID * GRID)
+    return {"color": table[:, 0], "shape": table[:, 1], "size": table[:, 2], "centre": centre,
+            "row": idx // GRID, "col": idx % GRID}
+
+
+def stage_a_batch(step: int, n: int, seed: int):
+    fams = scenes.ALL_FAMILIES
+    made = [scenes.make(fams[i % len(fams)], scenes.TRAIN_SEED_BASE + 7919 * seed + step, i) for i in range(n)]
+    labels = [patch_labels(objs) for _, objs in made]
+    y = {k: torch.from_numpy(np.stack([lab[k] for lab in labels])) for k in HEAD}  # each [B, 64]
+    return pixels([s.image for s, _ in made]), y
+
+
+def stage_a_loss(tower, head, px, y):
+    h = tower(pixel_values=px).last_hidden_state[:, 1:]  # [B, 64, 64], CLS dropped as in "default"
+    logits = head(h).split(list(HEAD.values()), dim=-1)
+    losses = {k: F.cross_entropy(lg.flatten(0, 1), y[k].flatten()) for k, lg in zip(HEAD, logits)}
+    return sum(losses.values()), logits
+
+
+# ---------------------------------------------------------------- stage B: projector + decoder on VQA
+
+def stage_b_batch(step: int, n: int, seed: int, families, offset: int = 500_000):
+    samples = scenes.dataset(n, seed=scenes.TRAIN_SEED_BASE + 7919 * seed + offset + step, families=families)
+    ids, mask, pos = encode(samples, with_answer=True)
+    # Loss on the answer word(s) and </s>: the last two positions of every (left-padded) row.
+    labels = torch.full_like(ids, -100)
+    labels[:, -2:] = ids[:, -2:]
+    return pixels([s.image for s in samples]), ids, mask, pos, labels
+
+
+def stage_b_loss(model, px, ids, mask, pos, labels):
+    logits = model(input_ids=ids, pixel_values=px, attention_mask=mask, position_ids=pos).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+@torch.no_grad()
+def fold_normalisation(model, seed: int) -> None:
+    """Fold the frozen tower's per-channel mean/std into linear_1; scale linear_2 to the text-embedding std."""
+    samples = scenes.dataset(512, seed=scenes.TRAIN_SEED_BASE - 1 - seed)
+    h = model.model.vision_tower(pixel_values=pixels([s.image for s in samples])).last_hidden_state[:, 1:]
+    h = h.flatten(0, 1)  # [N*64, 64]
+    mu, sd = h.mean(0), h.std(0) + 1e-6
+    proj = model.model.multi_modal_projector
+    proj.linear_1.weight /= sd  # W' x + b' = W (x - mu)/sd + b
+    proj.linear_1.bias -= proj.linear_1.weight @ mu
+    scale = model.get_input_embeddings().weight.std() / proj(h).std()
+    proj.linear_2.weight *= scale
+    proj.linear_2.bias *= scale
+
+
+# ---------------------------------------------------------------- loop, checkpoints, card
+
+def lr_at(step, total, peak, warmup, floor):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def save_atomic(obj, path):
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def log(msg):
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def run_stage(name, params, batch_fn, loss_fn, *, minutes, batch, lr, betas, warmup, floor, clip, state, path,
+              extra_modules, on_log):
+    """AdamW + warmup/cosine loop. Total steps are calibrated from the first 10 steps' CPU time, then fixed:
+    CPU time (not wall) so a budget in "minutes of one thread" holds on a machine shared with other jobs."""
+    opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=0.05)
+    st = state.get(name) or {"step": 0, "total": None, "seconds": 0.0, "samples": 0}
+    if "opt" in st:
+        opt.load_state_dict(st["opt"])
+    last_save = last_log = time.time()
+    t0 = time.process_time() - st["seconds"]
+    while st["total"] is None or st["step"] < st["total"]:
+        total = st["total"] or 10**9
+        for g in opt.param_groups:
+            g["lr"] = lr_at(st["step"], total, lr, warmup, floor)
+        loss = loss_fn(*batch_fn(st["step"], batch))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        st["step"] += 1
+        st["samples"] += batch
+        st["seconds"] = time.process_time() - t0
+        if st["total"] is None and st["step"] == 10:
+            st["total"] = max(warmup + 10, int(minutes * 60 / (st["seconds"] / 10)))
+            log(f"{name}: {st['seconds'] / 10:.3f} s/step → {st['total']} steps")
+        if time.time() - last_log > 120 or st["step"] == st["total"]:
+            log(f"{name} step {st['step']}/{st['total']} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"samples {st['samples']} {st['seconds'] / 60:.1f} cpu-min {on_log()}")
+            last_log = time.time()
+        if time.time() - last_save > 120 or st["step"] == st["total"]:
+            state[name] = {**st, "opt": opt.state_dict()}
+            state["modules"] = {k: m.state_dict() for k, m in extra_modules.items()}
+            save_atomic(state, path)
+            last_save = time.time()
+    return st
+
+
+def targets(card) -> dict:
+    """Check the card against the toy's targets: overall in [.6, .9]; per family ≥ chance + .20, and with
+    vision blocked ≤ chance + .05. Families that miss belong out of scenes.FAMILIES (the default list)."""
+    ev = card["eval"]
+    per = {}
+    for f in card["families"]:
+        above = ev["accuracy"][f]["acc"] - ev["chance"][f]
+        blind = ev["accuracy_vision_blocked"][f]["acc"] - ev["chance"][f]
+        per[f] = {"above_chance": round(above, 4), "blocked_above_chance": round(blind, 4),
+                  "met": above >= 0.20 and blind <= 0.05}
+    met = [f for f in per if per[f]["met"]]
+    overall = float(np.mean([ev["accuracy"][f]["acc"] for f in met])) if met else 0.0
+    return {"per_family": per, "default_families": met, "overall_on_default_families": overall,
+            "overall_in_0.6_0.9": 0.6 <= overall <= 0.9}
+
+
+def git_rev() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(__file__)).stdout.strip()
+    except Exception:  # not a checkout, or no git: the card says so
+        return None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--minutes-a", type=float, default=5.0)
+    ap.add_argument("--minutes-b", type=float, default=37.0)
+    ap.add_argument("--minutes-c", type=float, default=0.0,
+                    help="optional stage C: stage B continued with a fresh schedule (peak lr 5e-4) on --families-c")
+    ap.add_argument("--families-c", default=None, help="comma-separated; default: --families")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", type=int, default=8)
+    # All six: the shipped model trained on all; scenes.FAMILIES lists those it learned to target.
+    ap.add_argument("--families", default=",".join(scenes.ALL_FAMILIES))
+    ap.add_argument("--eval-per-family", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    families = tuple(args.families.split(","))
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "train_state.pt")
+    state = torch.load(path, weights_only=False) if args.resume and os.path.exists(path) else {}
+    if state and state["args"]["seed"] != args.seed:
+        raise SystemExit(f"{path} was trained with --seed {state['args']['seed']}; pass the same seed to resume")
+    state.setdefault("args", vars(args))
+    if "commands" not in state:  # a state from before commands were recorded: rebuild the first one
+        first = state["args"]
+        state["commands"] = ["python -m interp.toy.train " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in first.items() if k != "resume")] if "A" in state else []
+    state["commands"].append(" ".join(["python -m interp.toy.train", *(argv or sys.argv[1:])]))
+
+    model = build_model(args.layers, args.seed)
+    tower = model.model.vision_tower
+    head = torch.nn.Linear(tower.config.hidden_size, sum(HEAD.values()))
+    if "modules" in state:
+        for k, m in {"model": model, "head": head}.items():
+            m.load_state_dict(state["modules"][k])
+
+    # Stage A
+    val_a = stage_a_batch(0, 256, seed=10_000 + args.seed)  # its own seed, never a training step's
+
+    def val_a_log():
+        with torch.no_grad():
+            _, logits = stage_a_loss(tower, head, *val_a)
+        obj = val_a[1]["color"] > 0
+        accs = {k: (lg.argmax(-1)[obj] == val_a[1][k][obj]).float().mean().item()
+                for k, lg in zip(HEAD, logits) if k in ("color", "shape", "size")}
+        return "object-patch acc " + " ".join(f"{k} {v:.3f}" for k, v in accs.items())
+
+    model.model.vision_tower.train()
+    st_a = run_stage("A", list(tower.parameters()) + list(head.parameters()),
+                     lambda step, n: stage_a_batch(step, n, args.seed),
+                     lambda px, y: stage_a_loss(tower, head, px, y)[0],
+                     minutes=args.minutes_a, batch=128, lr=2e-3, betas=(0.9, 0.999), warmup=100, floor=0.05,
+                     clip=0.0, state=state, path=path, extra_modules={"model": model, "head": head},
+                     on_log=val_a_log)
+
+    # Stage B
+    tower.requires_grad_(False)
+    tower.eval()
+    if not state.get("folded"):
+        fold_normalisation(model, args.seed)
+        state["folded"] = True
+    val_b = scenes.dataset(40 * len(families), seed=VAL_SEED, families=families)
+
+    def val_b_log():
+        res = evaluate(model, val_b)
+        model.train()
+        tower.eval()
+        return "val " + " ".join(f"{f} {r['acc']:.2f}" for f, r in res.items())
+
+    params = [p for n, p in model.named_parameters() if "vision_tower" not in n]
+    model.train()
+    tower.eval()
+    st_b = run_stage("B", params, lambda step, n: stage_b_batch(step, n, args.seed, families),
+                     lambda *b: stage_b_loss(model, *b), minutes=args.minutes_b, batch=64, lr=1e-3,
+                     betas=(0.9, 0.98), warmup=150, floor=0.1, clip=1.0, state=state, path=path,
+                     extra_modules={"model": model, "head": head}, on_log=val_b_log)
+    families_c = tuple((args.families_c or args.families).split(","))
+    st_c = None
+    if args.minutes_c > 0:
+        st_c = run_stage("C", params, lambda step, n: stage_b_batch(step, n, args.seed, families_c, 2_000_000),
+                         lambda *b: stage_b_loss(model, *b), minutes=args.minutes_c, batch=64, lr=5e-4,
+                         betas=(0.9, 0.98), warmup=50, floor=0.1, clip=1.0, state=state, path=path,
+                         extra_modules={"model": model, "head": head}, on_log=val_b_log)
+
+    # Final evaluation on held-out scenes, and the blind control.
+    model.eval()
+    test = scenes.dataset(args.eval_per_family * len(families), seed=scenes.EVAL_SEED, families=families)
+    t = time.time()
+    acc, blind = evaluate(model, test), evaluate(model, test, block_vision=True)
+    log(f"eval {time.time() - t:.0f} s\n  acc {json.dumps(acc)}\n  blocked {json.dumps(blind)}")
+    n_params = sum(p.numel() for p in model.parameters())
+    card = {
+        "command": state["commands"][-1],
+        "commands": state["commands"],  # every invocation (first, then each --resume)
+        "git_revision": git_rev(),
+        "architecture": "LlavaForConditionalGeneration (CLIP vision tower + Llama decoder)",
+        "parameters": n_params,
+        "decoder_layers": args.layers,
+        "config": model.config.to_dict(),
+        "families": list(families),
+        "training": {
+            "stage_a": {k: st_a[k] for k in ("step", "samples", "seconds")} | {"batch": 128, "lr": 2e-3},
+            "stage_b": {k: st_b[k] for k in ("step", "samples", "seconds")} | {"batch": 64, "lr": 1e-3},
+            "stage_c": st_c and ({k: st_c[k] for k in ("step", "samples", "seconds")}
+                                 | {"batch": 64, "lr": 5e-4, "families": list(families_c)}),
+            "cpu_minutes": (st_a["seconds"] + st_b["seconds"] + (st_c or {}).get("seconds", 0)) / 60,
+            "torch_threads": args.threads, "seed": args.seed,
+        },
+        "eval": {"seed": scenes.EVAL_SEED, "per_family": args.eval_per_family,
+                 "metric": "greedy decode (≤ 3 tokens), normalised exact match; ci95 = Wilson",
+                 "accuracy": acc, "accuracy_vision_blocked": blind,
+                 "vision_blocked": "explicit 4D float mask: text query rows × image key columns = finfo.min",
+                 "chance": {f: scenes.CHANCE[f] for f in families}},
+    }
+    card["targets"] = targets(card)
+    final = os.path.join(args.out, "final.tmp")
+    shutil.rmtree(final, ignore_errors=True)
+    model.save_pretrained(final, safe_serialization=True)
+    P.build_processor().save_pretrained(final)
+    with open(os.path.join(final, "model_card.json"), "w") as f:
+        json.dump(card, f, indent=1)
+    for name in os.listdir(final):  # each file replaced atomically; the state file stays for --resume
+        os.replace(os.path.join(final, name), os.path.join(args.out, name))
+    os.rmdir(final)
+    log(f"wrote {args.out}: {n_params} parameters, {card['training']['cpu_minutes']:.1f} cpu-min")
+
+
+if __name__ == "__main__":
+    main()
