@@ -3,9 +3,10 @@
     python -m analyses.evaluate --model toy --data toy --limit 1000 --seed 0 --method baseline \
         --batch-size 8 --out runs/evaluate/toy-baseline
 
---model: "toy" (the shipped toy model), a hub id or a local directory (interp.load).
+--model: "toy" (the shipped toy model), "zoo:<arch>" (a random tiny model), a hub id or a local directory.
 --data:  "toy" (held-out toy scenes), a .jsonl file or a `datasets` directory (see interp.data.loaders).
---method: a name in METHODS: baseline (no intervention), blind (every text→vision edge cut).
+--method: a name in METHODS: baseline (no intervention), blind (every text→vision edge cut), aif (the
+          paper's criterion), aif_normalized, aif_max50 (ratio capped at 0.5).
 Writes OUT/results.jsonl (per sample; rerunning the same command resumes it) and OUT/summary.json
 (arguments, package versions, seed, git revision, accuracy and per-family accuracy with 95% intervals).
 """
@@ -13,14 +14,13 @@ Writes OUT/results.jsonl (per sample; rerunning the same command resumes it) and
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
-import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
+from analyses.common import git_revision as _git_revision
+from analyses.common import load_model
+from analyses.common import versions as _versions
+from analyses.common import write_json as _write_json
 from interp.data.loaders import load_samples
 from interp.data.scoring import METRICS
 from interp.errors import InputError
@@ -34,29 +34,31 @@ def _baseline(vlm) -> tuple:
 def _blind(vlm) -> tuple:
     import interp
 
-    if not hasattr(interp, "EdgeMask"):
-        raise InputError("method 'blind' needs interp.EdgeMask, which this install of interp lacks")
     return (interp.EdgeMask("text", "vision"),)
 
 
+def _aif(**kw):
+    def make(vlm) -> tuple:
+        import interp
+
+        return (interp.AIF(**kw),)
+
+    return make
+
+
 # name → function(vlm) returning the tuple of interventions to evaluate under.
-METHODS = {"baseline": _baseline, "blind": _blind}
-
-
-def load_model(name: str):
-    """The shipped toy model for "toy", else interp.load(name) (hub id or local directory)."""
-    import interp
-
-    if name == "toy":
-        import interp.toy
-
-        return interp.toy.load()
-    return interp.load(name)
+METHODS = {
+    "baseline": _baseline,
+    "blind": _blind,
+    "aif": _aif(),  # the paper's criterion
+    "aif_normalized": _aif(criterion="normalized"),
+    "aif_max50": _aif(max_ratio=0.5),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m analyses.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="toy", help='"toy", a hub id or a local model directory')
+    p.add_argument("--model", default="toy", help='"toy", "zoo:<arch>", a hub id or a local model directory')
     p.add_argument("--data", default="toy", help='"toy", a .jsonl file or a datasets directory')
     p.add_argument("--split", default=None, help="split of a datasets directory holding several")
     p.add_argument("--limit", type=int, default=None, help="evaluate a seeded subset of this many samples")
@@ -98,35 +100,6 @@ def main(argv=None) -> dict:
     print(result.to_markdown())
     print(f"wrote {out / 'results.jsonl'} and {out / 'summary.json'}")
     return summary
-
-
-def _versions() -> dict:
-    names = ("interp", "torch", "transformers", "nnsight", "datasets", "numpy", "scipy", "pillow")
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def _git_revision() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return rev + ("-dirty" if dirty else "")
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)  # atomic: a reader never sees half a summary
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+"""Accuracy per family: plain model vs oracle box mask vs oracle ratio vs AIF (paper criterion) vs AIF
+(normalised criterion) — AIF Table 1 style, with 95% bootstrap intervals and paired tests against the plain
+model.
+
+    python -m analyses.oracle_masks --model toy --data toy --limit 300 --seed 0 --out figures
+
+- baseline: the plain model, greedy decoding.
+- oracle box: text queries (question + generated tokens) see only the vision tokens whose patch overlaps an
+  evidence box (`TokenLayout.boxes_to_mask`); every other text→vision edge is cut in every layer.
+- oracle ratio: AIF run with each single ratio r in 0.1..0.9 (`AIF(ratios=(r,))`); a sample counts correct
+  if any r answers it correctly — the best ratio given the answer, an upper bound on any ratio rule.
+- AIF: `AIF()` (argmax_r |S(r) − S0|) and `AIF(criterion="normalized")`.
+Also stored: the accuracy of every fixed ratio. Samples without evidence boxes are skipped.
+Writes OUT/oracle_masks.{json,png,pdf}; the JSON holds a Markdown table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from analyses import common
+
+NAME = "oracle_masks"
+METHODS = ("baseline", "oracle_box", "oracle_ratio", "aif", "aif_normalized")
+LABELS = {"baseline": "baseline", "oracle_box": "oracle box mask", "oracle_ratio": "oracle ratio (upper bound)",
+          "aif": "AIF (paper criterion)", "aif_normalized": "AIF (normalised criterion)"}
+
+
+def compute(vlm, samples, args) -> dict:
+    """scores[method] [N]; per-ratio scores [R][N]; per-family and overall accuracy with intervals."""
+    import interp
+    from interp.evaluation import EvalResult, compare
+    from interp.methods import aif_math
+
+    samples = common.with_boxes(samples, NAME)
+    ratios = list(aif_math.DEFAULT_RATIOS)
+    scores = {m: [] for m in METHODS}
+    per_ratio = [[] for _ in ratios]
+    chosen = {"aif": [], "aif_normalized": []}
+    preds = {m: [] for m in ("baseline", "oracle_box", "aif")}
+    kept_frac = []  # share of vision tokens the oracle box mask leaves visible to text
+    gk = dict(max_new_tokens=args.max_new_tokens, metric=args.metric)
+    for chunk in common.batches(samples, args.batch_size, progress=not args.no_progress, desc=NAME):
+        batch = common.prepare(vlm, chunk)
+        lay = batch.layout
+        t, s, _ = common.generate_scores(vlm, batch, chunk, **gk)
+        scores["baseline"] += s
+        preds["baseline"] += t
+        inside = lay.boxes_to_mask([list(x.boxes) for x in chunk])  # [B, T] vision tokens touching a box
+        outside = lay.vision & ~inside
+        kept_frac += ((lay.vision & inside).sum(1).float() / lay.num_vision.float()).tolist()
+        if outside.any():
+            cut = interp.EdgeMask("text", outside, name="oracle")
+            t, s, _ = common.generate_scores(vlm, batch, chunk, (cut,), **gk)
+        scores["oracle_box"] += s
+        preds["oracle_box"] += t
+        for j, r in enumerate(ratios):
+            per_ratio[j] += common.generate_scores(vlm, batch, chunk, (interp.AIF(ratios=(r,)),), **gk)[1]
+        for key, iv in (("aif", interp.AIF()), ("aif_normalized", interp.AIF(criterion="normalized"))):
+            t, s, out = common.generate_scores(vlm, batch, chunk, (iv,), **gk)
+            scores[key] += s
+            chosen[key] += out.diagnostics["aif"]["ratio"].tolist()
+            if key == "aif":
+                preds["aif"] += t
+    scores["oracle_ratio"] = np.max(np.asarray(per_ratio), axis=0).tolist()
+
+    families = [s.family for s in samples]
+    ids = [s.id for s in samples]
+    results = {m: EvalResult(records=[{"id": i, "family": f, "score": v, "correct": v >= 0.5}
+                                      for i, f, v in zip(ids, families, scores[m])], seed=args.seed)
+               for m in METHODS}
+    summary = {m: results[m].summary() for m in METHODS}
+    paired = {}
+    for m in METHODS[1:]:
+        c = compare(results["baseline"], results[m], seed=args.seed)
+        paired[m] = {"difference": c.difference, "ci": list(c.ci), "only_baseline": c.only_a, "only_method": c.only_b,
+                     "p_value": c.p_value}
+    return {
+        "n": len(samples),
+        "methods": list(METHODS),
+        "labels": LABELS,
+        "scores": scores,
+        "ratios": ratios,
+        "per_ratio_scores": per_ratio,  # [R][N]
+        "per_ratio_accuracy": [float(np.mean(s)) for s in per_ratio],
+        "chosen_ratio": chosen,
+        "oracle_kept_fraction": kept_frac,
+        "summary": summary,  # method → {accuracy, ci, by_family: {f: {n, accuracy, ci}}}
+        "paired_vs_baseline": paired,
+        "chance": common.chance(samples, args.data),
+        "chance_by_family": common.chance_by_family(samples, args.data),
+        "families": families,
+        "ids": ids,
+        "predictions": preds,
+        "table": _markdown(summary, paired),
+    }
+
+
+def _markdown(summary, paired) -> str:
+    fams = list(summary["baseline"]["by_family"])
+    head = "| method | " + " | ".join(fams) + " | all | Δ vs baseline [95% CI] | McNemar p |"
+    lines = [head, "|---|" + "---:|" * (len(fams) + 1) + "---|---:|"]
+    for m, s in summary.items():
+        cells = [f"{s['by_family'][f]['accuracy']:.3f}" for f in fams]
+        all_ = f"{s['accuracy']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
+        if m in paired:
+            p = paired[m]
+            d = f"{p['difference']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]"
+            pv = f"{p['p_value']:.3g}"
+        else:
+            d, pv = "", ""
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {all_} | {d} | {pv} |")
+    return "\n".join(lines)
+
+
+def plot(data, out_dir=None) -> list:
+    """Redraw OUT/oracle_masks.{png,pdf} from the JSON (path or dict) alone."""
+    import interp.plot as ip
+
+    data, here = common.read_json(data)
+    out_dir = out_dir or here
+    ip.style()
+    summ = data["summary"]
+    fams = list(summ["baseline"]["by_family"])
+    if len(fams) == 1:  # one family (or none named): the overall bars say it all
+        fams = []
+    groups = [f.replace("_", " ") for f in fams] + ["all"]
+    series = {}
+    for m in data["methods"]:
+        s = summ[m]
+        mean = [s["by_family"][f]["accuracy"] for f in fams] + [s["accuracy"]]
+        lo = [s["by_family"][f]["ci"][0] for f in fams] + [s["ci"][0]]
+        hi = [s["by_family"][f]["ci"][1] for f in fams] + [s["ci"][1]]
+        series[data["labels"][m]] = (common.arr(mean), common.arr(lo), common.arr(hi))
+    colors = {data["labels"][m]: ip.COLORS[m] for m in data["methods"]}
+    wide = len(groups) > 3
+    fig, ax = ip.figure(width="full" if wide else "column", aspect=0.3 if wide else 0.75)
+    ip.bars(ax, groups, series, colors=colors, ylabel="accuracy (95% CI)", ylim=(0, 1.08))
+    chance = dict(data.get("chance_by_family") or {})
+    if data.get("chance") is not None:
+        chance["all"] = data["chance"]
+    labelled = False
+    for g, f in enumerate(fams + ["all"]):
+        if f in chance:
+            ax.plot([g - 0.45, g + 0.45], [chance[f]] * 2, color="#555555", ls="--", lw=0.8,
+                    label=None if labelled else "chance")
+            labelled = True
+    if len(groups) > 1:
+        ax.axvline(len(groups) - 1.5, color="#bbbbbb", lw=0.6)
+    ax.set_xlabel("question family" if fams else "")
+    what = "Oracle masks vs AIF" + (" per family" if fams else "")
+    ax.set_title(ip.model_title(what, data["model_label"], data["n"]))
+    if wide:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6.5)
+    else:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=6.5, ncol=2)
+    return ip.save(fig, out_dir, NAME)
+
+
+def main(argv=None) -> dict:
+    return common.run(NAME, __doc__, compute, plot, argv, limit=300, batch_size=100)
+
+
+if __name__ == "__main__":
+    main()

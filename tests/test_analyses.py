@@ -1,0 +1,123 @@
+"""Every analysis smoke-runs on a random zoo model with --limit 2 and writes its PNG, PDF and JSON; `plot`
+redraws the figure from the JSON alone into another folder; the shared helpers hold their contracts."""
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+ANALYSES = ("vision_attention_ratio", "attenuation_violin", "attention_heatmaps", "mu_masking", "oracle_masks",
+            "aif_ratios", "token_dynamics")
+ARGV = ["--model", "zoo:llava", "--data", "toy", "--limit", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Run every analysis once (the zoo model is built once and shared through common's cache)."""
+    pytest.importorskip("interp.toy.scenes")
+    out = {}
+    for name in ANALYSES:
+        mod = importlib.import_module(f"analyses.{name}")
+        folder = tmp_path_factory.mktemp(name)
+        record = mod.main([*ARGV, "--out", str(folder)])
+        out[name] = (mod, folder, record)
+    return out
+
+
+@pytest.mark.parametrize("name", ANALYSES)
+def test_analysis_writes_figure_and_numbers(runs, name):
+    mod, folder, record = runs[name]
+    for ext in ("png", "pdf", "json"):
+        f = folder / f"{name}.{ext}"
+        assert f.is_file() and f.stat().st_size > 0, f"{name} did not write {f.name}"
+    saved = json.loads((folder / f"{name}.json").read_text())  # strict JSON: no NaN
+    assert saved["analysis"] == name and saved["seed"] == 0 and saved["arguments"]["limit"] == 2
+    assert saved["model"] == "zoo:llava" and saved["num_layers"] == 4
+    assert set(saved["versions"]) >= {"torch", "transformers", "nnsight", "numpy"} and "git_revision" in saved
+    assert saved["command"].startswith(f"python -m analyses.{name} ")
+    assert saved["n"] == 2
+    assert mod.__doc__ and f"python -m analyses.{name}" in mod.__doc__  # the docstring gives the command
+
+
+@pytest.mark.parametrize("name", ANALYSES)
+def test_plot_redraws_from_json_alone(runs, name, tmp_path):
+    mod, folder, _ = runs[name]
+    paths = mod.plot(str(folder / f"{name}.json"), tmp_path)
+    assert sorted(p.name for p in paths) == [f"{name}.pdf", f"{name}.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_plot_takes_a_dict(runs, tmp_path):
+    mod, folder, record = runs["vision_attention_ratio"]
+    assert mod.plot(json.loads((folder / "vision_attention_ratio.json").read_text()), tmp_path)[0].is_file()
+
+
+def test_numbers_have_the_documented_shapes(runs):
+    L = 4
+    r = runs["vision_attention_ratio"][2]
+    assert np.asarray(r["ratio_answer"]).shape == (2, L) and np.asarray(r["ratio_question"]).shape == (2, L)
+    assert np.all((np.asarray(r["ratio_answer"]) >= 0) & (np.asarray(r["ratio_answer"]) <= 1))
+    v = runs["attenuation_violin"][2]
+    assert len(v["weights"]) == L and len(v["weights"][0]) == 2 * 16  # zoo llava: 4×4 vision tokens
+    h = runs["attention_heatmaps"][2]
+    heat = np.asarray(h["samples"][0]["heat"], dtype=float)
+    assert heat.shape == (len(h["layers"]), 4, 4) and np.allclose(heat.sum((1, 2)), 1, atol=1e-4)
+    m = runs["mu_masking"][2]
+    assert m["fractions"][0] == 0 and len(m["scores"]["lowest"]) == len(m["fractions"])
+    assert m["scores"]["lowest"][0] == m["baseline"]  # x = 0 is the plain model
+    assert m["cut_tokens"]["highest"][-1] == [round(0.9 * 16)] * 2
+    o = runs["oracle_masks"][2]
+    assert set(o["summary"]) == {"baseline", "oracle_box", "oracle_ratio", "aif", "aif_normalized"}
+    assert np.all(np.asarray(o["scores"]["oracle_ratio"]) >= np.asarray(o["per_ratio_scores"]).max(0))
+    assert "| method |" in o["table"]
+    a = runs["aif_ratios"][2]
+    assert np.asarray(a["S"]["paper"]).shape == (2, 9) and all(r <= 0.5 for r in a["chosen"]["capped"])
+    t = runs["token_dynamics"][2]
+    assert np.asarray(t["evidence_curve"]).shape == (2, L)
+    assert set(t["top_evidence_share"]) == {"low_entropy", "high_mu", "high_entropy", "random"}
+
+
+# --- common helpers ------------------------------------------------------------------------------------
+
+def test_vision_index_and_group_round_trip():
+    from analyses import common
+    from interp.layout import TokenLayout
+
+    vision = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    z = torch.zeros_like(vision)
+    lay = TokenLayout(vision=vision, text=~vision, question=z, answer=z, pad=z, images=((), ()))
+    sel = torch.tensor([[True, False, True], [False, True, False]])
+    group = common.vision_group(lay, sel)
+    assert group.tolist() == [[False, True, False, True, False], [False, True, False, False, False]]
+    back = common.vision_index(lay, group)
+    assert back.tolist() == [[True, False, True], [False, True, False]]
+
+
+def test_jsonable_is_strict_json(tmp_path):
+    from analyses import common
+
+    obj = {"a": torch.tensor([1.0, float("nan")]), "b": np.array([[np.inf, 2]]), "c": np.float32(0.5),
+           "d": (1, 2), "e": np.int64(3)}
+    p = common.write_json(tmp_path / "x.json", obj)
+    back = json.loads(p.read_text())
+    assert back == {"a": [1.0, None], "b": [[None, 2.0]], "c": 0.5, "d": [1, 2], "e": 3}
+    assert np.isnan(common.arr(back["a"])[1])
+
+
+def test_model_spec_errors_and_labels():
+    from analyses import common
+    from interp.errors import InputError
+
+    with pytest.raises(InputError):
+        common.load_model("zoo:no_such_arch")
+    assert common.model_label("zoo:llava") == "zoo:llava (random weights)"
+    assert common.model_label("toy") == "toy LLaVA"
+
+
+def test_mean_band():
+    from interp.plot import mean_band
+
+    m, lo, hi = mean_band(np.array([[1.0, 2.0], [3.0, np.nan]]))
+    assert m.tolist() == [2.0, 2.0] and lo[0] < 2 < hi[0] and lo[1] == hi[1] == 2.0
