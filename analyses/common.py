@@ -384,3 +384,46 @@ def run(name: str, doc: str, compute, plot, argv=None, *, limit: int, batch_size
     print(f"{name}: wrote {path} and {', '.join(str(f) for f in figures)} "
           f"(load {t1 - t0:.1f} s, compute {t2 - t1:.1f} s)", file=sys.stderr)
     return record
+
+
+# ------------------------------------------------------------------------------------------- method tables
+
+
+def summarize_methods(samples, scores: dict, methods, seed: int, baseline: str = "baseline"):
+    """Per-method accuracy with bootstrap intervals (overall and by family) and paired tests against
+    `baseline`. scores: method → [N] per-sample scores. Returns (summary, paired)."""
+    from interp.evaluation import EvalResult, compare
+
+    families = [s.family for s in samples]
+    ids = [s.id for s in samples]
+    results = {m: EvalResult(records=[{"id": i, "family": f, "score": v, "correct": v >= 0.5}
+                                      for i, f, v in zip(ids, families, scores[m])], seed=seed)
+               for m in methods}
+    summary = {m: results[m].summary() for m in methods}
+    paired = {}
+    for m in methods:
+        if m == baseline:
+            continue
+        c = compare(results[baseline], results[m], seed=seed)
+        paired[m] = {"difference": c.difference, "ci": list(c.ci), "only_baseline": c.only_a, "only_method": c.only_b,
+                     "p_value": c.p_value}
+    return summary, paired
+
+
+def markdown_table(summary: dict, paired: dict, labels: dict) -> str:
+    """Accuracy per family × method, overall with its interval, Δ vs baseline and McNemar p, as Markdown."""
+    first = next(iter(summary.values()))
+    fams = list(first["by_family"])
+    head = "| method | " + " | ".join(fams) + " | all | Δ vs baseline [95% CI] | McNemar p |"
+    lines = [head, "|---|" + "---:|" * (len(fams) + 1) + "---|---:|"]
+    for m, s in summary.items():
+        cells = [f"{s['by_family'][f]['accuracy']:.3f}" for f in fams]
+        all_ = f"{s['accuracy']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
+        if m in paired:
+            p = paired[m]
+            d = f"{p['difference']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]"
+            pv = f"{p['p_value']:.3g}"
+        else:
+            d, pv = "", ""
+        lines.append(f"| {labels[m]} | " + " | ".join(cells) + f" | {all_} | {d} | {pv} |")
+    return "\n".join(lines)

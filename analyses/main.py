@@ -1,59 +1,44 @@
-"""The main job: every analysis on the embedded default model, figures and numbers into figures/.
+"""The main job: every analysis of both papers on the shipped toy model, figures + numbers into figures/,
+then figures/REPORT.md built from those numbers.
 
-    bash scripts/main.sh            # or: python -m analyses.main --out figures
+    bash scripts/main.sh                       # = python -m analyses.main --out figures (≈ 10 min, 2 CPU cores)
+    python -m analyses.main --model zoo:llava --limit 8 --out /tmp/figs    # any model, any size
 
-For now (foundation stage) it runs a short demo on a zoo model: capture per-layer text→vision attention,
-cut text→vision edges, and write the numbers and a figure. Later stages run the full reproduction on the
-shipped toy model.
+Each analysis also runs on its own (`python -m analyses.<name> --help`); `--model` takes "toy", "zoo:<arch>",
+a hub id or a local directory.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import importlib
+import sys
+import time
 
-import numpy as np
+from analyses.report import ORDER, build
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="llava", help="zoo architecture for the demo")
+    ap.add_argument("--model", default="toy")
+    ap.add_argument("--data", default="toy")
     ap.add_argument("--out", default="figures")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=None, help="samples per analysis (default: each analysis' own)")
+    ap.add_argument("--only", nargs="*", default=None, help="run only these analyses")
     args = ap.parse_args(argv)
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-    from PIL import Image
-
-    import interp
-
-    torch.manual_seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
-    vlm = interp.zoo.tiny(args.model, seed=args.seed)
-    rng = np.random.default_rng(args.seed)
-    img = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    batch = vlm.prepare(images=[img], questions=["what color is the circle ?"])
-    stats = interp.capture(vlm, batch)
-    blind = interp.intervene(vlm, interp.EdgeMask("text", "vision")).generate(batch, max_new_tokens=4)
-    plain = interp.intervene(vlm).generate(batch, max_new_tokens=4)
-    ratio = stats.vision_ratio[:, 0].tolist()
-    result = {"model": f"zoo:{args.model}", "seed": args.seed, "vision_ratio": ratio,
-              "plain": plain.texts[0], "blind": blind.texts[0]}
-    with open(os.path.join(args.out, "demo.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    fig, ax = plt.subplots(figsize=(4, 3), dpi=150)
-    ax.plot(range(len(ratio)), ratio, marker="o")
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel("attention mass on vision tokens")
-    ax.set_title(f"question→vision attention, zoo:{args.model} (random)")
-    ax.set_ylim(0, 1)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "demo_vision_ratio.png"))
-    print(json.dumps(result, indent=2))
+    names = [n for n in ORDER if args.only is None or n in args.only]
+    t0 = time.perf_counter()
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
+        argv_a = ["--model", args.model, "--data", args.data, "--out", args.out, "--seed", str(args.seed)]
+        if args.limit is not None:
+            argv_a += ["--limit", str(args.limit)]
+        t = time.perf_counter()
+        importlib.import_module(f"analyses.{name}").main(argv_a)
+        print(f"[{i}/{len(names)}] {name} done in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    path = build(args.out)
+    print(f"wrote {path} ({time.perf_counter() - t0:.0f} s in all)", file=sys.stderr)
 
 
 if __name__ == "__main__":

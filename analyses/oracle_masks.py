@@ -29,7 +29,6 @@ LABELS = {"baseline": "baseline", "oracle_box": "oracle box mask", "oracle_ratio
 def compute(vlm, samples, args) -> dict:
     """scores[method] [N]; per-ratio scores [R][N]; per-family and overall accuracy with intervals."""
     import interp
-    from interp.evaluation import EvalResult, compare
     from interp.methods import aif_math
 
     samples = common.with_boxes(samples, NAME)
@@ -66,15 +65,7 @@ def compute(vlm, samples, args) -> dict:
 
     families = [s.family for s in samples]
     ids = [s.id for s in samples]
-    results = {m: EvalResult(records=[{"id": i, "family": f, "score": v, "correct": v >= 0.5}
-                                      for i, f, v in zip(ids, families, scores[m])], seed=args.seed)
-               for m in METHODS}
-    summary = {m: results[m].summary() for m in METHODS}
-    paired = {}
-    for m in METHODS[1:]:
-        c = compare(results["baseline"], results[m], seed=args.seed)
-        paired[m] = {"difference": c.difference, "ci": list(c.ci), "only_baseline": c.only_a, "only_method": c.only_b,
-                     "p_value": c.p_value}
+    summary, paired = common.summarize_methods(samples, scores, METHODS, args.seed)
     return {
         "n": len(samples),
         "methods": list(METHODS),
@@ -92,25 +83,8 @@ def compute(vlm, samples, args) -> dict:
         "families": families,
         "ids": ids,
         "predictions": preds,
-        "table": _markdown(summary, paired),
+        "table": common.markdown_table(summary, paired, LABELS),
     }
-
-
-def _markdown(summary, paired) -> str:
-    fams = list(summary["baseline"]["by_family"])
-    head = "| method | " + " | ".join(fams) + " | all | Δ vs baseline [95% CI] | McNemar p |"
-    lines = [head, "|---|" + "---:|" * (len(fams) + 1) + "---|---:|"]
-    for m, s in summary.items():
-        cells = [f"{s['by_family'][f]['accuracy']:.3f}" for f in fams]
-        all_ = f"{s['accuracy']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
-        if m in paired:
-            p = paired[m]
-            d = f"{p['difference']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]"
-            pv = f"{p['p_value']:.3g}"
-        else:
-            d, pv = "", ""
-        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {all_} | {d} | {pv} |")
-    return "\n".join(lines)
 
 
 def plot(data, out_dir=None) -> list:

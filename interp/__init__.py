@@ -23,6 +23,7 @@ _LAZY = {
     "AttentionStats": ("interp.attention.capture", "AttentionStats"),
     "EdgeMask": ("interp.attention.masks", "EdgeMask"),
     "InjectAttention": ("interp.attention.inject", "InjectAttention"),
+    "VIF": ("interp.methods.vif", "VIF"),
     "Patch": ("interp.patching", "Patch"),
     "patch_sweep": ("interp.patching", "patch_sweep"),
     "AIF": ("interp.methods.aif", "AIF"),
@@ -30,6 +31,7 @@ _LAZY = {
     "compare": ("interp.evaluation", "compare"),
     "zoo": ("interp.models.zoo", None),
     "toy": ("interp.toy", None),
+    "vif": ("interp.methods.vif", None),
     "data": ("interp.data", None),
 }
 

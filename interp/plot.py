@@ -31,7 +31,7 @@ COLORS = {
     "lowest": _CB[2], "highest": _CB[3], "random": _CB[7], "blind": "#000000",
     "oracle_box": _CB[2], "oracle_ratio": _CB[4], "aif": _CB[0], "aif_normalized": _CB[9], "aif_cap": _CB[1],
     "paper": _CB[0], "normalized": _CB[9], "capped": _CB[1], "low_entropy": _CB[0], "high_mu": _CB[1],
-    "high_entropy": _CB[5],
+    "high_entropy": _CB[5], "vif": _CB[6], "aif_vif": _CB[8], "vif_reference": _CB[5],
 }
 BOX_COLOR = "#00e5ff"  # evidence boxes on images: cyan reads on grey scenes and on the heat colormap
 

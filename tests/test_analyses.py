@@ -9,6 +9,7 @@ import pytest
 import torch
 
 ANALYSES = ("vision_attention_ratio", "attenuation_violin", "attention_heatmaps", "mu_masking", "oracle_masks",
+            "method_table", "vif_focus",
             "aif_ratios", "token_dynamics")
 ARGV = ["--model", "zoo:llava", "--data", "toy", "--limit", "2", "--no-progress"]
 
@@ -121,3 +122,24 @@ def test_mean_band():
 
     m, lo, hi = mean_band(np.array([[1.0, 2.0], [3.0, np.nan]]))
     assert m.tolist() == [2.0, 2.0] and lo[0] < 2 < hi[0] and lo[1] == hi[1] == 2.0
+
+
+def test_main_writes_report_whose_numbers_match_the_json(tmp_path):
+    import json
+
+    from analyses import main as main_mod
+
+    main_mod.main(["--model", "zoo:llava", "--data", "toy", "--limit", "2", "--out", str(tmp_path)])
+    report = (tmp_path / "REPORT.md").read_text()
+    from analyses.report import ORDER
+
+    for name in ORDER:
+        d = json.loads((tmp_path / f"{name}.json").read_text())
+        assert f"![{name}]({name}.png)" in report and (tmp_path / f"{name}.png").exists()
+        if d.get("table"):
+            assert d["table"] in report
+        for m, s in d.get("summary", {}).items():
+            assert f"{s['accuracy']:.3f}" in report
+    mt = json.loads((tmp_path / "method_table.json").read_text())
+    p = mt["paired_vs_baseline"]["vif"]
+    assert f"VIF {p['difference']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]" in report

@@ -182,12 +182,14 @@ def gmm_entropy(maps: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) of normalised maps: [B, N] → [B]; the H(M) term of VIF Eq. 9.
 
     maps: [B, N], each row already summing to 1 (not renormalised here); NaN entries (padding from
-    `render_gmm_grids`) are ignored; 0 · log 0 = 0, so the gradient is finite on empty cells.
+    `render_gmm_grids`) are ignored; 0 · log 0 = 0, and the gradient stays finite on empty cells: the log
+    is taken of p floored at the dtype's smallest normal number (`xlogy(p, p)` would give 0/0 = NaN in its
+    backward where a cell underflowed to exactly 0, which a sharp component far from a cell does).
     """
     if maps.ndim != 2:
         raise InputError(f"`maps` must be [B, N] (one flattened map per row), got shape {tuple(maps.shape)}.")
     p = torch.nan_to_num(maps, nan=0.0)
-    return 0.0 - torch.xlogy(p, p).sum(-1)
+    return 0.0 - (p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(-1)
 
 
 def gmm_volume(
@@ -217,3 +219,51 @@ def gmm_volume(
     if mode == "reference":
         return var.mean(-1)
     raise InputError(f"unknown mode={mode!r}. Fix: use 'paper' or 'reference'.")
+
+
+def render_gmm_points(
+    centers: torch.Tensor,
+    sigmas: torch.Tensor,
+    weights: torch.Tensor,
+    points: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    normalize: Normalize = "paper",
+) -> torch.Tensor:
+    """Render each row's mixture at its own points: [B, N]; the general form of `render_gmm`.
+
+    centers, sigmas, weights: as `render_gmm` (batch B); points: [B, N, 2] (x, y) per row; valid: [B, N]
+    bool, which points are cells of the map. Invalid entries are 0 and take no part in the normalisation
+    (VIF renders onto a row's vision tokens: tokens that cover no patch, e.g. LLaVA-NeXT's image-newline,
+    are invalid). With `points[b]` = `grid_points(grid)` and every point valid this is `render_gmm`, value
+    for value (same operations in the same order). Rows with no valid point are all zeros.
+    """
+    _check_params(centers, sigmas, weights)
+    B = centers.shape[0]
+    if points.ndim != 3 or tuple(points.shape[::2]) != (B, 2) or tuple(valid.shape) != tuple(points.shape[:2]):
+        raise InputError(
+            f"`points` must be [B={B}, N, 2] and `valid` bool [B, N]; got {tuple(points.shape)} and "
+            f"{tuple(valid.shape)}. Fix: one (x, y) per cell and one flag per cell."
+        )
+    dtype = torch.float64 if centers.dtype == torch.float64 else torch.float32
+    centers, sigmas, weights = (t.to(dtype) for t in (centers, sigmas, weights))
+    pts = points.to(device=centers.device, dtype=dtype)
+    valid = valid.to(centers.device)
+
+    diff = pts[:, None, :, :] - centers[:, :, None, :]  # [B, K, N, 2]
+    if sigmas.ndim == 2:
+        quad = diff.pow(2).sum(-1) / sigmas.pow(2).unsqueeze(-1)  # [B, K, N]
+    else:
+        quad = (diff.pow(2) / sigmas.pow(2).unsqueeze(2)).sum(-1)  # [B, K, N]
+    raw = (weights.unsqueeze(-1) * torch.exp(-0.5 * quad)).sum(1)  # [B, N]
+    raw = torch.where(valid, raw, torch.zeros((), dtype=dtype, device=raw.device))
+
+    if normalize == "paper":
+        return raw / raw.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    if normalize == "reference":
+        scores = raw.masked_fill(~valid, float("-inf"))
+        out = torch.softmax(scores, dim=-1)
+        return torch.nan_to_num(out, nan=0.0)  # a row with no valid point softmaxes to NaN
+    if normalize == "none":
+        return raw
+    raise InputError(f"unknown normalize={normalize!r}. Fix: use 'paper' (sum to 1), 'reference' (softmax) or 'none'.")

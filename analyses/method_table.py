@@ -1,0 +1,108 @@
+"""Accuracy per family × method: baseline, AIF, AIF (r ≤ 0.5), VIF, AIF + VIF, oracle box mask — with 95%
+bootstrap intervals and paired McNemar tests against the plain model, as a figure and a Markdown table.
+
+    python -m analyses.method_table --model toy --data toy --limit 400 --seed 0 --out figures
+
+VIF: `--vif DIR` (a checkpoint from `python -m interp.vif.train`); default for `--model toy` the shipped
+`interp/toy/vif`; otherwise an untrained `VIF.build(vlm)` (said so in the JSON: its numbers mean nothing).
+Oracle box: text queries see only the vision tokens whose patch overlaps an evidence box.
+Writes OUT/method_table.{json,png,pdf}; the JSON holds the Markdown table.
+"""
+
+from __future__ import annotations
+
+import os
+
+from analyses import common
+
+NAME = "method_table"
+METHODS = ("baseline", "aif", "aif_cap", "vif", "aif_vif", "oracle_box")
+LABELS = {"baseline": "baseline", "aif": "AIF (paper criterion)", "aif_cap": "AIF (r ≤ 0.5)", "vif": "VIF",
+          "aif_vif": "AIF (r ≤ 0.5) + VIF", "oracle_box": "oracle box mask"}
+
+
+def load_vif(vlm, args):
+    """(VIF, description): the checkpoint given, the shipped toy one for the toy model, else untrained."""
+    import interp
+    import interp.toy
+
+    path = args.vif
+    if path is None and args.model == "toy":
+        path = os.path.join(os.path.dirname(interp.toy.CHECKPOINT_DIR), "vif")
+    if path is not None and os.path.exists(path):
+        return interp.VIF.load(path, vlm), f"trained checkpoint {path}"
+    return interp.VIF.build(vlm, seed=args.seed), "untrained (VIF.build): no checkpoint for this model"
+
+
+def compute(vlm, samples, args) -> dict:
+    import interp
+
+    samples = common.with_boxes(samples, NAME)
+    vif, vif_source = load_vif(vlm, args)
+    scores = {m: [] for m in METHODS}
+    gk = dict(max_new_tokens=args.max_new_tokens, metric=args.metric)
+    for chunk in common.batches(samples, args.batch_size, progress=not args.no_progress, desc=NAME):
+        batch = common.prepare(vlm, chunk)
+        lay = batch.layout
+        outside = lay.vision & ~lay.boxes_to_mask([list(x.boxes) for x in chunk])
+        runs = {"baseline": (), "aif": (interp.AIF(),), "aif_cap": (interp.AIF(max_ratio=0.5),), "vif": (vif,),
+                "aif_vif": (interp.AIF(max_ratio=0.5), vif),
+                "oracle_box": (interp.EdgeMask("text", outside, name="oracle"),) if outside.any() else ()}
+        for m in METHODS:
+            scores[m] += common.generate_scores(vlm, batch, chunk, runs[m], **gk)[1]
+    summary, paired = common.summarize_methods(samples, scores, METHODS, args.seed)
+    return {"n": len(samples), "methods": list(METHODS), "labels": LABELS, "scores": scores, "summary": summary,
+            "paired_vs_baseline": paired, "vif_source": vif_source, "vif": repr(vif),
+            "chance": common.chance(samples, args.data), "chance_by_family": common.chance_by_family(samples, args.data),
+            "families": [s.family for s in samples], "ids": [s.id for s in samples],
+            "table": common.markdown_table(summary, paired, LABELS)}
+
+
+def plot(data, out_dir=None) -> list:
+    """Redraw OUT/method_table.{png,pdf} from the JSON (path or dict) alone."""
+    import interp.plot as ip
+
+    data, here = common.read_json(data)
+    out_dir = out_dir or here
+    ip.style()
+    summ = data["summary"]
+    fams = list(summ["baseline"]["by_family"])
+    fams = [] if len(fams) == 1 else fams
+    groups = [f.replace("_", " ") for f in fams] + ["all"]
+    series = {}
+    for m in data["methods"]:
+        s = summ[m]
+        mean = [s["by_family"][f]["accuracy"] for f in fams] + [s["accuracy"]]
+        lo = [s["by_family"][f]["ci"][0] for f in fams] + [s["ci"][0]]
+        hi = [s["by_family"][f]["ci"][1] for f in fams] + [s["ci"][1]]
+        series[data["labels"][m]] = (common.arr(mean), common.arr(lo), common.arr(hi))
+    colors = {data["labels"][m]: ip.COLORS[m] for m in data["methods"]}
+    fig, ax = ip.figure(width="full", aspect=0.3)
+    ip.bars(ax, groups, series, colors=colors, ylabel="accuracy (95% CI)", ylim=(0, 1.08))
+    chance = dict(data.get("chance_by_family") or {})
+    if data.get("chance") is not None:
+        chance["all"] = data["chance"]
+    labelled = False
+    for g, f in enumerate(fams + ["all"]):
+        if f in chance:
+            ax.plot([g - 0.45, g + 0.45], [chance[f]] * 2, color="#555555", ls="--", lw=0.8,
+                    label=None if labelled else "chance")
+            labelled = True
+    if len(groups) > 1:
+        ax.axvline(len(groups) - 1.5, color="#bbbbbb", lw=0.6)
+    ax.set_xlabel("question family" if fams else "")
+    ax.set_title(ip.model_title("Accuracy per method" + (" and family" if fams else ""), data["model_label"], data["n"]))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6.5)
+    return ip.save(fig, out_dir, NAME)
+
+
+def add_args(p):
+    p.add_argument("--vif", default=None, help="VIF checkpoint directory (default: the shipped toy VIF for --model toy)")
+
+
+def main(argv=None) -> dict:
+    return common.run(NAME, __doc__, compute, plot, argv, limit=400, batch_size=100, add_args=add_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""VIF checkpoints: a directory with the CVAE weights and a JSON config, written atomically.
+
+    DIR/vif.safetensors   CVAE state dict
+    DIR/vif.json          {"format": "interp.vif", "version", "cvae": VIFConfig fields, "vif": pairs, alpha,
+                           normalize, decode, sample, positions, queries, "base_model": vlm.identity(),
+                           "step", "training": {...}}
+    DIR/train_state.pt    optimizer + scheduler state and step (resuming only; not needed to load a VIF)
+
+Every file is written to a temporary name in the same directory, fsynced, then `os.replace`d, so a crash
+leaves either the old or the new file, never a torn one. The JSON is written last and names the step the
+weights belong to; `train_state.pt` carries the same step, so a resume can tell whether they match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from interp.errors import CheckpointError
+from interp.methods.vif.cvae import CVAE, VIFConfig
+
+FORMAT = "interp.vif"
+VERSION = 1
+WEIGHTS, CONFIG, STATE = "vif.safetensors", "vif.json", "train_state.pt"
+IDENTITY_KEYS = ("architecture", "hidden_size", "num_layers")
+VIF_FIELDS = ("pairs", "alpha", "normalize", "decode", "sample", "positions", "queries")
+
+
+def _atomic(path: Path, write) -> None:
+    """`write(tmp_path)` then fsync and rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # some writers create 0600 files; a checkpoint is meant to be shared
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _dir(path) -> Path:
+    p = Path(path)
+    return p.parent if p.name in (CONFIG, WEIGHTS) else p
+
+
+def save_vif(vif, path, vlm, *, step: int | None = None, extra: dict | None = None) -> Path:
+    """Write `vif`'s CVAE and config for base model `vlm` into directory `path`; returns the directory."""
+    from safetensors.torch import save_file
+
+    if vif.module is None:
+        raise CheckpointError("cannot save a VIF without a CVAE module")
+    d = _dir(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in vif.module.state_dict().items()}
+    _atomic(d / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}))
+    queries = vif.queries if isinstance(vif.queries, str) else "text"
+    cfg = {
+        "format": FORMAT, "version": VERSION,
+        "cvae": asdict(vif.module.cfg),
+        "vif": {"pairs": [list(p) for p in vif._pairs_for(vlm)], "alpha": float(vif.alpha),
+                "normalize": vif.normalize, "decode": bool(vif.decode), "sample": bool(vif.sample),
+                "positions": bool(vif.positions), "queries": queries},
+        "base_model": vlm.identity(),
+        "parameters": vif.module.num_parameters(),
+        "step": step,
+        "training": extra or {},
+    }
+    text = json.dumps(cfg, indent=2, sort_keys=False) + "\n"
+    _atomic(d / CONFIG, lambda tmp: tmp.write_text(text))
+    return d
+
+
+def read_config(path) -> dict:
+    """The JSON config of a checkpoint directory (or of its vif.json)."""
+    d = _dir(path)
+    f = d / CONFIG
+    if not f.exists():
+        raise CheckpointError(f"{d} is not a VIF checkpoint: {CONFIG} is missing (expected {CONFIG} + {WEIGHTS}, "
+                              "written by interp.vif.train or VIF.save)")
+    try:
+        cfg = json.loads(f.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{f} is not valid JSON ({e}); the checkpoint is corrupt: retrain or restore it") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{f} is not an interp VIF config (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
+    if int(cfg.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{f} has version {cfg['version']}; this interp reads up to {VERSION}: upgrade interp")
+    return cfg
+
+
+def check_identity(saved: dict, current: dict, where) -> None:
+    """Refuse a checkpoint made for a different base model (architecture, hidden size, layer count)."""
+    diff = [k for k in IDENTITY_KEYS if saved.get(k) != current.get(k)]
+    if diff:
+        def show(i):
+            return f"{i.get('architecture')} (hidden size {i.get('hidden_size')}, {i.get('num_layers')} layers)"
+
+        raise CheckpointError(
+            f"{where} was trained for {show(saved)} but this model is {show(current)} (differs in: "
+            f"{', '.join(diff)}). A VIF reads one model's hidden states at fixed layers: load it with the model "
+            "it was trained on, or train one for this model (python -m interp.vif.train --model DIR --out OUT)")
+
+
+def load_module(path, device=None) -> tuple[CVAE, dict]:
+    """(CVAE with the saved weights, config dict) — no base-model check; `load_vif` does that."""
+    from safetensors.torch import load_file
+
+    d = _dir(path)
+    cfg = read_config(d)
+    try:
+        module = CVAE(VIFConfig(**cfg["cvae"]))
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{d / CONFIG}: bad 'cvae' sizes ({e})") from None
+    w = d / WEIGHTS
+    if not w.exists():
+        raise CheckpointError(f"{d}: {WEIGHTS} is missing; the checkpoint is incomplete")
+    try:
+        state = load_file(str(w))
+    except Exception as e:  # safetensors raises its own error types on a torn / foreign file
+        raise CheckpointError(f"{w} cannot be read ({type(e).__name__}: {e}); the file is corrupt") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{w} does not match the sizes in {CONFIG}: {e}") from None
+    if device is not None:
+        module = module.to(device)
+    return module.eval(), cfg
+
+
+def load_vif(path, vlm, **fields):
+    """`VIF.load`: the checkpoint's CVAE and settings, checked against `vlm.identity()`."""
+    from interp.methods.vif.intervention import VIF
+
+    cfg = read_config(path)
+    check_identity(cfg.get("base_model", {}), vlm.identity(), _dir(path))
+    module, cfg = load_module(path, device=vlm.device)
+    saved = {k: v for k, v in cfg.get("vif", {}).items() if k in VIF_FIELDS}
+    saved["pairs"] = tuple(tuple(p) for p in saved.get("pairs", ())) or None
+    saved.update(fields)
+    return VIF(module=module, **saved)
+
+
+def save_train_state(path, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
+    state = {"step": int(step), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict() if scheduler is not None else None, "extra": extra or {}}
+    _atomic(_dir(path) / STATE, lambda tmp: torch.save(state, tmp))
+
+
+def load_train_state(path) -> dict | None:
+    f = _dir(path) / STATE
+    if not f.exists():
+        return None
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{f} cannot be read ({type(e).__name__}: {e}); delete it to restart the "
+                              "optimizer from the saved weights") from None
