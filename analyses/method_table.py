@@ -30,7 +30,9 @@ def load_vif(vlm, args):
     if path is None and args.model == "toy":
         path = os.path.join(os.path.dirname(interp.toy.CHECKPOINT_DIR), "vif")
     if path is not None and os.path.exists(path):
-        return interp.VIF.load(path, vlm), f"trained checkpoint {path}"
+        shown = os.path.relpath(path, os.path.dirname(os.path.dirname(interp.toy.CHECKPOINT_DIR)))
+        shown = f"interp/{shown}" if not shown.startswith("..") else path
+        return interp.VIF.load(path, vlm), f"trained checkpoint {shown}"
     return interp.VIF.build(vlm, seed=args.seed), "untrained (VIF.build): no checkpoint for this model"
 
 
