@@ -23,7 +23,6 @@ from analyses.common import versions as _versions
 from analyses.common import write_json as _write_json
 from interp.data.loaders import load_samples
 from interp.data.scoring import METRICS
-from interp.errors import InputError
 from interp.evaluation import evaluate
 
 

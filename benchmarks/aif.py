@@ -22,7 +22,6 @@ import argparse
 import os
 
 import numpy as np
-import torch
 from PIL import Image
 
 from benchmarks import harness

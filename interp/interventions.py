@@ -19,7 +19,7 @@ import nnsight
 import torch
 
 from .attention import ops
-from .errors import InputError, SiteError
+from .errors import InputError
 
 
 class Intervention:
@@ -27,8 +27,12 @@ class Intervention:
 
     `name`: key of its diagnostics. `prepare(ctx)` runs before the trace (profiling passes go here).
     `edges(ctx)` → list of (query_mask, key_mask) bool `[B, T+N]` pairs cut in every layer of `edge_layers`.
-    `attention(ctx, call)` edits/reads one attention call; `output(ctx, site, layer, value)` edits/reads a
-    module output (`site` in "attn_out", "mlp_out", "resid"); `finish(ctx)` → diagnostics dict.
+    `attention(ctx, call)` edits one attention call (block edges, register injections); an optional
+    `read(ctx, call)` sees the call's final probabilities after every edit; an optional
+    `lm_inputs(ctx, args, kwargs)` sees what the language model received (embeddings, positions);
+    `output(ctx, site, layer, value)` edits/reads a module output (`site` in "attn_out", "mlp_out", "resid");
+    `prefix_ok(ctx, P)` says whether it can run on a pass that starts after a reused P-token KV prefix;
+    `finish(ctx)` → diagnostics dict.
     """
 
     name = "intervention"
@@ -49,7 +53,7 @@ class Intervention:
     def attention(self, ctx: "Context", call: "AttentionCall") -> None:
         pass
 
-    def output_sites(self, ctx: "Context") -> dict:
+    def output_sites(self, ctx: "Context") -> set:
         """{(site, layer), ...} this intervention reads or edits."""
         return set()
 

@@ -134,7 +134,7 @@ def test_edge_mask_per_layer_equals_eager_reference(arch):
     layers = (1, 2)
     out = interp.intervene(vlm, interp.EdgeMask("text", "vision", layers=layers)).forward(b)
     blocked = lay.text[:, :, None] & lay.vision[:, None, :]
-    extra = torch.zeros(2, 1, *lay.shape[1:] * 1, lay.seq_len).masked_fill(blocked[:, None], torch.finfo(torch.float32).min)
+    extra = torch.zeros(2, 1, lay.seq_len, lay.seq_len).masked_fill(blocked[:, None], torch.finfo(torch.float32).min)
     hook = _PerLayerMaskHook(vlm, layers, extra)
     try:
         with torch.no_grad():
@@ -159,7 +159,6 @@ def test_edge_mask_generate_matches_uncached_reference(arch, layers):
     ids, am = b.inputs["input_ids"], b.inputs["attention_mask"]
     extra_inputs = {k: v for k, v in b.inputs.items() if k not in ("input_ids", "attention_mask")}
     for _ in range(n):
-        lay = vlm.prepare  # noqa: F841 (layout below is rebuilt from ids)
         vision = ids == vlm.image_token_id
         pad = am == 0
         text = ~vision & ~pad
