@@ -1,7 +1,7 @@
 """The main job: every analysis of both papers on the shipped toy model, figures + numbers into figures/,
 then figures/REPORT.md built from those numbers.
 
-    bash scripts/main.sh                       # = python -m analyses.main --out figures (≈ 10 min, 2 CPU cores)
+    bash scripts/main.sh                       # = python -m analyses.main --out figures (≈ 3 min, 2 CPU cores)
     python -m analyses.main --model zoo:llava --limit 8 --out /tmp/figs    # any model, any size
 
 Each analysis also runs on its own (`python -m analyses.<name> --help`); `--model` takes "toy", "zoo:<arch>",
