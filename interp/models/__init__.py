@@ -131,7 +131,8 @@ class VLM:
         finally:
             tok.padding_side = old_side
         enc = dict(enc)
-        enc.pop("mm_token_type_ids", None) if "mm_token_type_ids" not in _forward_args(self.hf) else None
+        if "mm_token_type_ids" not in _forward_args(self.hf):  # only Qwen's forward takes it (M-RoPE)
+            enc.pop("mm_token_type_ids", None)
         ids = enc["input_ids"]
         pad = enc["attention_mask"] == 0
         imgs_layout = image_layouts(self, enc, rows, ids)
