@@ -183,7 +183,7 @@ def image_layouts(vlm, enc, images_per_row, input_ids: torch.Tensor) -> tuple[tu
             if len(span) != n:
                 raise InputError(
                     f"image-token mismatch in row {b}: image {i} needs {n} tokens but only {len(pos) - start} "
-                    "image tokens are left in the sequence; does the prompt have one image placeholder per image?"
+                    "image tokens are left in the sequence; give the prompt exactly one image placeholder per image"
                 )
             row.append(ImageLayout(row=b, index=i, size=_image_size(img), positions=span,
                                    pieces=tuple(Piece(name, grid, span[off], boxes)

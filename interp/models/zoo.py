@@ -69,9 +69,33 @@ def _text_kwargs(size: str, vocab: int) -> dict:
     raise InputError(f"zoo size must be 'tiny' or 'bench', got {size!r}")
 
 
-def _llava(size: str, seed: int):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+_LLAVA_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>{% endif %} "
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def _llava_assemble(tok, vision, text, img: int, patch: int, seed: int):
+    """A seeded random `LlavaForConditionalGeneration` + `LlavaProcessor` (CLIP centre crop, LLaVA-1.5 prompt)."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                      vision_feature_select_strategy="default", vision_feature_layer=-2,
+                      projector_hidden_act="gelu")
+    _seeded(seed)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    ip = CLIPImageProcessorPil(size={"shortest_edge": img}, crop_size={"height": img, "width": img},
+                               do_center_crop=True, do_resize=True)
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1, chat_template=_LLAVA_TEMPLATE)
+    return model, proc
+
+
+def _llava(size: str, seed: int):
+    from transformers import CLIPVisionConfig, LlamaConfig
 
     tok = word_tokenizer(["<image>"])
     img = 32 if size == "tiny" else 336
@@ -81,20 +105,7 @@ def _llava(size: str, seed: int):
                               projection_dim=32)
     text = LlamaConfig(**_text_kwargs(size, len(tok)), pad_token_id=tok.pad_token_id,
                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
-                      vision_feature_select_strategy="default", vision_feature_layer=-2,
-                      projector_hidden_act="gelu")
-    _seeded(seed)
-    model = LlavaForConditionalGeneration(cfg)
-    ip = CLIPImageProcessorPil(size={"shortest_edge": img}, crop_size={"height": img, "width": img},
-                               do_center_crop=True, do_resize=True)
-    template = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
-                "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
-                "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>{% endif %} "
-                "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, chat_template=template)
-    return model, proc
+    return _llava_assemble(tok, vision, text, img, patch, seed)
 
 
 def _llava_next(size: str, seed: int):
@@ -258,8 +269,7 @@ def build_llava_grid(grid: int, *, layers: int = 2, hidden: int = 256, heads: in
     (`layers`, `hidden`, `heads`, head_dim = hidden / heads) and a 2-layer CLIP tower of width 64: sequence
     length is what the memory-scaling benchmark varies, the model stays the same across grids.
     """
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers import CLIPVisionConfig, LlamaConfig
 
     if grid < 1 or hidden % heads:
         raise InputError(f"need grid ≥ 1 and hidden divisible by heads, got grid={grid}, hidden={hidden}, "
@@ -273,20 +283,7 @@ def build_llava_grid(grid: int, *, layers: int = 2, hidden: int = 256, heads: in
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                        max_position_embeddings=max(4096, grid * grid + 512), pad_token_id=tok.pad_token_id,
                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
-                      vision_feature_select_strategy="default", vision_feature_layer=-2,
-                      projector_hidden_act="gelu")
-    _seeded(seed)
-    model = LlavaForConditionalGeneration(cfg).eval()
-    ip = CLIPImageProcessorPil(size={"shortest_edge": img}, crop_size={"height": img, "width": img},
-                               do_center_crop=True, do_resize=True)
-    template = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
-                "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
-                "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>{% endif %} "
-                "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, chat_template=template)
-    return model, proc
+    return _llava_assemble(tok, vision, text, img, patch, seed)
 
 
 def llava_grid(grid: int, *, layers: int = 2, hidden: int = 256, heads: int = 4, seed: int = 0,
