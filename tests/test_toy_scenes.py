@@ -11,12 +11,12 @@ import torch
 from interp.toy import processor as P
 from interp.toy import scenes
 
-N = 120  # 20 per family: enough to hit every branch of every family
+N = 20 * len(scenes.ALL_FAMILIES)  # 20 per family: enough to hit every branch of every family
 
 
 @pytest.fixture(scope="module")
 def made():
-    return [scenes.make(scenes.ALL_FAMILIES[i % 6], 11, i) for i in range(N)]
+    return [scenes.make(scenes.ALL_FAMILIES[i % len(scenes.ALL_FAMILIES)], 11, i) for i in range(N)]
 
 
 def test_deterministic_in_seed():
@@ -29,7 +29,7 @@ def test_deterministic_in_seed():
 
 
 def test_balanced_families_and_chance():
-    d = scenes.dataset(60, seed=1, families=scenes.ALL_FAMILIES)
+    d = scenes.dataset(10 * len(scenes.ALL_FAMILIES), seed=1, families=scenes.ALL_FAMILIES)
     assert Counter(s.family for s in d) == {f: 10 for f in scenes.ALL_FAMILIES}
     k = len(scenes.FAMILIES)
     assert Counter(s.family for s in scenes.dataset(3 * k, seed=1)) == {f: 3 for f in scenes.FAMILIES}
@@ -85,12 +85,12 @@ def _answer(question, objs):
         return "no", [o.box for o in near]
     if m := re.fullmatch(rf"is the ({cs}) ({ss}) (left|above) or (right|below) (?:of )?the ({cs}) ({ss}) \?",
                          question):
-        a = [o for o in objs if (o.color, o.shape) == (m[1], m[2])]
-        b = [o for o in objs if (o.color, o.shape) == (m[5], m[6])]
-        assert len(a) == len(b) == 1
+        a = [o for o in objs if o.color == m[1]]  # each named colour is unique, so colour alone finds it
+        b = [o for o in objs if o.color == m[5]]
+        assert len(a) == len(b) == 1 and (a[0].shape, b[0].shape) == (m[2], m[6])
         axis = 0 if m[3] == "left" else 1
         d = a[0].center[axis] - b[0].center[axis]
-        assert abs(d) >= 6
+        assert abs(d) >= scenes.SPATIAL_MIN_GAP
         return (m[3] if d < 0 else m[4]), [a[0].box, b[0].box]
     raise AssertionError(f"unparsed question {question!r}")
 
@@ -108,6 +108,18 @@ def test_answers_recomputed_from_objects(made):
         answers[sample.family, sample.answer] += 1
     assert answers["exists", "yes"] and answers["exists", "no"]
     assert len({a for f, a in answers if f == "count"}) == 4
+
+
+def test_max_objects_caps_scenes():
+    for f in scenes.ALL_FAMILIES:
+        for i in range(12):
+            sample, objs = scenes.make(f, 5, i, max_objects=3)
+            assert 2 <= len(objs) <= (5 if f == "count" else 3)  # count needs k + 1 objects for k up to 4
+            assert _answer(sample.question, objs)[0] == sample.answer
+    assert max(len(scenes.make("color_of_shape", 5, i)[1]) for i in range(40)) == 6
+    for bad in (1, 7):
+        with pytest.raises(ValueError, match="max_objects"):
+            scenes.make("count", 5, 0, max_objects=bad)
 
 
 def test_generator_speed():
