@@ -289,7 +289,9 @@ def run_stage(name, params, batch_fn, loss_fn, *, minutes, batch, lr, betas, war
               extra_modules, on_log):
     """AdamW + warmup/cosine loop. Total steps are calibrated from the first 10 steps' CPU time, then fixed:
     CPU time (not wall) so a budget in "minutes of one thread" holds on a machine shared with other jobs."""
+    # params: tensors, or param groups whose optional "scale" multiplies the schedule's lr
     opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=0.05)
+    tensors = [p for g in opt.param_groups for p in g["params"]]
     st = state.get(name) or {"step": 0, "total": None, "seconds": 0.0, "samples": 0}
     if "opt" in st:
         opt.load_state_dict(st["opt"])
@@ -298,12 +300,12 @@ def run_stage(name, params, batch_fn, loss_fn, *, minutes, batch, lr, betas, war
     while st["total"] is None or st["step"] < st["total"]:
         total = st["total"] or 10**9
         for g in opt.param_groups:
-            g["lr"] = lr_at(st["step"], total, lr, warmup, floor)
+            g["lr"] = lr_at(st["step"], total, lr, warmup, floor) * g.get("scale", 1.0)
         loss = loss_fn(*batch_fn(st["step"], batch))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+            torch.nn.utils.clip_grad_norm_(tensors, clip)
         opt.step()
         st["step"] += 1
         st["samples"] += batch
@@ -377,6 +379,8 @@ def main(argv=None):
     ap.add_argument("--max-objects-c", type=int, default=scenes.MAX_OBJECTS,
                     help="stage C scenes hold at most this many objects (easier scenes: a curriculum)")
     ap.add_argument("--lr-c", type=float, default=5e-4)
+    ap.add_argument("--tower-lr-c", type=float, default=0.0,
+                    help="train the vision tower too in the continuation, at this multiple of --lr-c (0: frozen)")
     ap.add_argument("--aux-c", type=float, default=0.0,
                     help="weight of the per-patch label loss on the projector's output in the continuation")
     ap.add_argument("--seed", type=int, default=0)
@@ -456,12 +460,17 @@ def main(argv=None):
         name = f"C{len(conts) + 1}" if conts else "C"
         state[name] = {"step": 0, "total": None, "seconds": 0.0, "samples": 0, "config": {
             "minutes": args.minutes_c, "lr": args.lr_c, "max_objects": args.max_objects_c, "aux": args.aux_c,
+            "tower_lr": args.tower_lr_c,
             "families": (args.families_c or args.families).split(",")}}
         conts.append(name)
     st_c = []
     for k, name in enumerate(conts):
-        cfg = {"aux": 0.0} | state[name]["config"]
-        st = run_stage(name, params + (list(aux.parameters()) if cfg["aux"] > 0 else []),
+        cfg = {"aux": 0.0, "tower_lr": 0.0} | state[name]["config"]
+        groups = [{"params": params + (list(aux.parameters()) if cfg["aux"] > 0 else [])}]
+        tower.requires_grad_(cfg["tower_lr"] > 0)
+        if cfg["tower_lr"] > 0:
+            groups.append({"params": list(tower.parameters()), "scale": cfg["tower_lr"]})
+        st = run_stage(name, groups,
                        lambda step, n, cfg=cfg, k=k: stage_b_batch(step, n, args.seed, tuple(cfg["families"]),
                                                                  2_000_000 + 1_000_000 * k, cfg["max_objects"]),
                        lambda *b, w=cfg["aux"]: stage_b_loss(model, *b, aux=aux if w > 0 else None, aux_weight=w),
