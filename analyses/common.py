@@ -225,13 +225,20 @@ def versions() -> dict:
     return out
 
 
-def git_revision() -> str | None:
-    """HEAD of the repository holding this file, with "-dirty" if tracked files changed; None outside git."""
-    root = Path(__file__).resolve().parent.parent
+def git_revision(outputs: str | Path | None = None, root: str | Path | None = None) -> str | None:
+    """HEAD of `root` (default: the repository holding this file), with "-dirty" if tracked files changed;
+    None outside git.
+
+    Changes under `outputs` (the run's own output folder) do not count: a run that rewrites tracked figures
+    would otherwise call every later analysis of the same run dirty."""
+    root = Path(root or Path(__file__).parent.parent).resolve()
+    spec = ["--", "."]
+    if outputs is not None and Path(outputs).resolve().is_relative_to(root):
+        spec.append(f":(exclude){Path(outputs).resolve().relative_to(root).as_posix()}")
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *spec], cwd=root,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -374,7 +381,7 @@ def run(name: str, doc: str, compute, plot, argv=None, *, limit: int, batch_size
         "num_layers": int(vlm.num_layers),
         "data": args.data,
         "versions": versions(),
-        "git_revision": git_revision(),
+        "git_revision": git_revision(outputs=args.out),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": {"load": round(t1 - t0, 2), "compute": round(t2 - t1, 2)},
         **numbers,

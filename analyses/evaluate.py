@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
         "arguments": vars(args),
         "seed": args.seed,
         "versions": _versions(),
-        "git_revision": _git_revision(),
+        "git_revision": _git_revision(outputs=out),
         "interventions": result.meta.get("interventions", []),
         **result.summary(),
     }

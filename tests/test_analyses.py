@@ -143,3 +143,27 @@ def test_main_writes_report_whose_numbers_match_the_json(tmp_path):
     mt = json.loads((tmp_path / "method_table.json").read_text())
     p = mt["paired_vs_baseline"]["vif"]
     assert f"VIF {p['difference']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]" in report
+
+
+def test_git_revision_ignores_the_runs_own_outputs(tmp_path):
+    import subprocess
+
+    from analyses.common import git_revision
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "figs" / "a.json").write_text("1")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert git_revision(root=tmp_path) == head
+    (tmp_path / "figs" / "a.json").write_text("2")  # the run rewrote its own tracked output
+    assert git_revision(root=tmp_path) == head + "-dirty"
+    assert git_revision(outputs=tmp_path / "figs", root=tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2")  # the code changed: dirty whatever the outputs
+    assert git_revision(outputs=tmp_path / "figs", root=tmp_path) == head + "-dirty"
+    assert git_revision(outputs="/elsewhere", root=tmp_path) == head + "-dirty"
