@@ -92,6 +92,13 @@ def _answer(question, objs):
         d = a[0].center[axis] - b[0].center[axis]
         assert abs(d) >= scenes.SPATIAL_MIN_GAP
         return (m[3] if d < 0 else m[4]), [a[0].box, b[0].box]
+    if m := re.fullmatch(rf"is the ({cs}) ({ss}) (left|above) or (right|below) \?", question):
+        a = [o for o in objs if o.color == m[1]]
+        assert len(a) == 1 and a[0].shape == m[2]
+        axis = 0 if m[3] == "left" else 1
+        d = a[0].center[axis] - scenes.SIZE / 2  # against the image centre
+        assert abs(d) >= scenes.SPATIAL_MIN_GAP
+        return (m[3] if d < 0 else m[4]), [a[0].box]
     raise AssertionError(f"unparsed question {question!r}")
 
 
