@@ -219,13 +219,16 @@ def model_card_section(card_path: Path) -> str:
     fams = [f for f in acc if f != "overall"]
     if fams:
         lines += ["", f"Held-out accuracy ({ev.get('per_family', '?')} per family; {ev.get('metric', '')}):", "",
-                  "| family | accuracy [95% CI] | vision blocked | chance | in the default families |",
-                  "|---|---|---|---|---|"]
+                  "| family | accuracy [95% CI] | by true answer | vision blocked | chance | in the default families |",
+                  "|---|---|---|---|---|---|"]
+        split = ev.get("accuracy_by_answer", {})
         for f in fams:
             v, bl = acc[f], blocked.get(f, {})
             ci = v.get("ci95", [float("nan")] * 2)
-            lines.append(f"| {f} | {v['acc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {bl.get('acc', float('nan')):.3f} | "
-                         f"{chance.get(f, float('nan')):.3f} | {'yes' if f in default else 'no (missed its target)'} |")
+            parts = " · ".join(f"{a} {r['acc']:.2f}" for a, r in split.get(f, {}).items()) or "–"
+            lines.append(f"| {f} | {v['acc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {parts} | "
+                         f"{bl.get('acc', float('nan')):.3f} | {chance.get(f, float('nan')):.3f} | "
+                         f"{'yes' if f in default else 'no (missed its target)'} |")
     notes = card.get("notes")
     if notes:
         lines += ["", "Notes from the card: " + (" ".join(notes) if isinstance(notes, list) else str(notes))]

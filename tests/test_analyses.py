@@ -145,6 +145,25 @@ def test_main_writes_report_whose_numbers_match_the_json(tmp_path):
     assert f"VIF {p['difference']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]" in report
 
 
+def test_report_model_section_reads_the_card(tmp_path):
+    import json
+
+    from analyses.report import model_card_section
+
+    card = {"parameters": 1234, "decoder_layers": 2, "notes": ["a note."], "eval": {
+        "per_family": 4, "metric": "m",
+        "accuracy": {"spatial": {"acc": .75, "ci95": [.3, .95]}, "position": {"acc": .5, "ci95": [.2, .8]},
+                     "overall": {"acc": .625}},
+        "accuracy_by_answer": {"spatial": {"left": {"acc": .5}, "above": {"acc": 1.0}}},
+        "accuracy_vision_blocked": {"spatial": {"acc": .5}}, "chance": {"spatial": .5, "position": .5}}}
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    text = model_card_section(tmp_path / "card.json")
+    assert "1,234 parameters, 2 decoder layers" in text and "Notes from the card: a note." in text
+    assert "| spatial | 0.750 [0.300, 0.950] | left 0.50 · above 1.00 | 0.500 | 0.500 | yes |" in text
+    assert "| position | 0.500 [0.200, 0.800] | – | nan | 0.500 | no (missed its target) |" in text
+    assert "overall" not in text and model_card_section(tmp_path / "missing.json") == ""
+
+
 def test_git_revision_ignores_the_runs_own_outputs(tmp_path):
     import subprocess
 

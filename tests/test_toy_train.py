@@ -99,3 +99,48 @@ def test_blind_best_is_the_best_constant_answer_per_choice_set():
                s("ex", ("yes", "no"), "no"), s("ex", ("yes", "no"), "yes"), s("ex", ("yes", "no"), "no")]
     # sp: "left" for the left/right questions (2 of 3), "below" for the other (1 of 1) → 3 of 4
     assert train.blind_best(samples) == {"sp": 0.75, "ex": pytest.approx(2 / 3)}
+
+
+def test_restricted_batches_narrow_only_the_families_that_give_those_answers():
+    fams = ("spatial", "color_of_shape", "spatial", "exists")
+    px, ids, mask, pos, labels, y = train.stage_b_batch(2, 8, 0, fams, offset=10, max_objects=3,
+                                                        answers={"left", "right"})
+    seed = scenes.TRAIN_SEED_BASE + 10 + 2
+    words = list(train.VOCAB)
+    got = [words[t] for t in labels[:, -2].tolist()]
+    for i, f in enumerate(fams * 2):
+        if f == "spatial":  # the first of indices i, i + 8, i + 16, ... with a horizontal question
+            j = next(j for j in range(i, 400, 8) if scenes.make(f, seed, j, max_objects=3)[0].answer in ("left", "right"))
+            want = scenes.make(f, seed, j, max_objects=3)[0]
+        else:  # untouched: exactly scenes.make
+            want = scenes.make(f, seed, i, max_objects=3)[0]
+        assert got[i] == want.answer
+        torch.testing.assert_close(px[i], train.pixels([want.image])[0])
+    assert {got[i] for i in (0, 2, 4, 6)} <= {"left", "right"}
+    # without answers the batch is the plain dataset
+    plain = train.stage_b_batch(2, 8, 0, fams, offset=10, max_objects=3)
+    samples = scenes.dataset(8, seed=seed, families=fams, max_objects=3)
+    assert [words[t] for t in plain[4][:, -2].tolist()] == [s.answer for s in samples]
+
+
+def test_answers_c_names_an_answer_no_family_gives(tmp_path):
+    with pytest.raises(SystemExit, match=r"no family of the mix \['spatial'\] answers \['up'\]"):
+        train.main(["--out", str(tmp_path), "--minutes-a", "0", "--minutes-b", "0", "--minutes-c", "1",
+                    "--families-c", "spatial", "--answers-c", "left,up", "--layers", "1"])
+
+
+def test_by_answer_splits_each_family_by_its_true_answer():
+    S = type("S", (), {})
+
+    def s(f, answer):
+        x = S()
+        x.family, x.answer = f, answer
+        return x
+
+    samples = [s("sp", "left"), s("sp", "right"), s("sp", "left"), s("sp", "above"), s("ex", "no"), s("ex", "yes")]
+    preds = ["left", "left", "right", "Above.", "no", "no"]
+    got = train.by_answer(preds, samples)
+    assert list(got) == ["sp", "ex"] and list(got["sp"]) == ["above", "left", "right"]
+    assert {a: (r["acc"], r["n"]) for a, r in got["sp"].items()} == {"above": (1.0, 1), "left": (0.5, 2), "right": (0.0, 1)}
+    assert {a: (r["acc"], r["n"]) for a, r in got["ex"].items()} == {"no": (1.0, 1), "yes": (0.0, 1)}
+    assert got["sp"]["left"]["ci95"] == train.wilson(1, 2)

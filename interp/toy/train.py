@@ -166,16 +166,33 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, c - h), min(1.0, c + h)
 
 
-def evaluate(model, samples, *, block_vision=False, forced_choice=False) -> dict:
+def score(preds, samples, key=lambda s: s.family) -> dict:
+    """Accuracy per group {key(sample): {"acc", "n", "ci95"}} of predicted answers against samples' answers."""
+    res = {}
+    for g in dict.fromkeys(key(s) for s in samples):
+        hits = [normalise(p) == normalise(s.answer) for p, s in zip(preds, samples) if key(s) == g]
+        res[g] = {"acc": sum(hits) / len(hits), "n": len(hits), "ci95": wilson(sum(hits), len(hits))}
+    return res
+
+
+def by_answer(preds, samples) -> dict:
+    """{family: {answer: {"acc", "n", "ci95"}}}: a family mean can hide a half it never learned (spatial
+    above/below right, left/right at chance)."""
+    return {f: dict(sorted(score([p for p, s in zip(preds, samples) if s.family == f],
+                                 [s for s in samples if s.family == f], key=lambda s: s.answer).items()))
+            for f in dict.fromkeys(s.family for s in samples)}
+
+
+def evaluate(model, samples, *, block_vision=False, forced_choice=False, preds_out=None) -> dict:
     """Per-family accuracy {family: {"acc", "n", "ci95"}} and "overall" (mean over families).
 
-    Greedy decoding, or with forced_choice the best-scoring of the sample's choices."""
+    Greedy decoding, or with forced_choice the best-scoring of the sample's choices; preds_out (a list)
+    receives the predictions."""
     model.eval()
     preds = (choose if forced_choice else greedy)(model, samples, block_vision=block_vision)
-    res = {}
-    for f in dict.fromkeys(s.family for s in samples):
-        hits = [normalise(p) == normalise(s.answer) for p, s in zip(preds, samples) if s.family == f]
-        res[f] = {"acc": sum(hits) / len(hits), "n": len(hits), "ci95": wilson(sum(hits), len(hits))}
+    if preds_out is not None:
+        preds_out.extend(preds)
+    res = score(preds, samples)
     res["overall"] = {"acc": float(np.mean([r["acc"] for r in res.values()]))}
     return res
 
@@ -225,10 +242,24 @@ def stage_a_loss(tower, head, px, y):
 
 # ---------------------------------------------------------------- stage B: projector + decoder on VQA
 
-def stage_b_batch(step: int, n: int, seed: int, families, offset: int = 500_000, max_objects=scenes.MAX_OBJECTS):
-    """The samples of scenes.dataset(n, seed=..., families, max_objects), encoded, with their patch labels."""
+def restricted(family: str, seed: int, i: int, n: int, *, max_objects=scenes.MAX_OBJECTS, answers=None):
+    """scenes.make(family, seed, i), or with answers (a set of answer words) the first of indices i, i + n,
+    i + 2n, ... whose answer is in it. Families none of whose choices are in answers are not restricted, so a
+    mixed batch can narrow one family (spatial to left/right) and leave the others as they are."""
+    if answers and set(scenes.CHOICES[family]) & answers:
+        while (made := scenes.make(family, seed, i, max_objects=max_objects))[0].answer not in answers:
+            i += n
+        return made
+    return scenes.make(family, seed, i, max_objects=max_objects)
+
+
+def stage_b_batch(step: int, n: int, seed: int, families, offset: int = 500_000, max_objects=scenes.MAX_OBJECTS,
+                  answers=None):
+    """The samples of scenes.dataset(n, seed=..., families, max_objects), encoded, with their patch labels;
+    with answers, each family whose choices meet the set only asks questions answered from it (`restricted`)."""
     seed = scenes.TRAIN_SEED_BASE + 7919 * seed + offset + step
-    made = [scenes.make(families[i % len(families)], seed, i, max_objects=max_objects) for i in range(n)]
+    made = [restricted(families[i % len(families)], seed, i, n, max_objects=max_objects, answers=answers)
+            for i in range(n)]
     samples = [s for s, _ in made]
     ids, mask, pos = encode(samples, with_answer=True)
     # Loss on the answer word(s) and </s>: the last two positions of every (left-padded) row.
@@ -383,6 +414,9 @@ def main(argv=None):
                     help="with --resume: start another continuation after the finished ones (C2, C3, ...)")
     ap.add_argument("--families-c", default=None,
                     help="comma-separated, a family named k times gets k shares; default: --families")
+    ap.add_argument("--answers-c", default=None,
+                    help="comma-separated answer words: the continuation's families whose choices include any of "
+                         "them only ask questions answered by them (e.g. left,right: horizontal spatial only)")
     ap.add_argument("--max-objects-c", type=int, default=scenes.MAX_OBJECTS,
                     help="stage C scenes hold at most this many objects (easier scenes: a curriculum)")
     ap.add_argument("--lr-c", type=float, default=5e-4)
@@ -465,21 +499,27 @@ def main(argv=None):
     conts = [k for k in state if k == "C" or (k[0] == "C" and k[1:].isdigit())]
     if args.minutes_c > 0 and (args.new_c or not conts):
         name = f"C{len(conts) + 1}" if conts else "C"
+        mix = (args.families_c or args.families).split(",")
+        known = {a for f in mix for a in scenes.CHOICES.get(f, ())}
+        if args.answers_c and not set(args.answers_c.split(",")) <= known:
+            raise SystemExit(f"--answers-c {args.answers_c}: no family of the mix {sorted(set(mix))} answers "
+                             f"{sorted(set(args.answers_c.split(',')) - known)}; its answers are {sorted(known)}")
         state[name] = {"step": 0, "total": None, "seconds": 0.0, "samples": 0, "config": {
             "minutes": args.minutes_c, "lr": args.lr_c, "max_objects": args.max_objects_c, "aux": args.aux_c,
-            "tower_lr": args.tower_lr_c,
-            "families": (args.families_c or args.families).split(",")}}
+            "tower_lr": args.tower_lr_c, "answers": args.answers_c.split(",") if args.answers_c else None,
+            "families": mix}}
         conts.append(name)
     st_c = []
     for k, name in enumerate(conts):
-        cfg = {"aux": 0.0, "tower_lr": 0.0} | state[name]["config"]
+        cfg = {"aux": 0.0, "tower_lr": 0.0, "answers": None} | state[name]["config"]
         groups = [{"params": params + (list(aux.parameters()) if cfg["aux"] > 0 else [])}]
         tower.requires_grad_(cfg["tower_lr"] > 0)
         if cfg["tower_lr"] > 0:
             groups.append({"params": list(tower.parameters()), "scale": cfg["tower_lr"]})
         st = run_stage(name, groups,
                        lambda step, n, cfg=cfg, k=k: stage_b_batch(step, n, args.seed, tuple(cfg["families"]),
-                                                                 2_000_000 + 1_000_000 * k, cfg["max_objects"]),
+                                                                 2_000_000 + 1_000_000 * k, cfg["max_objects"],
+                                                                 set(cfg["answers"] or ())),
                        lambda *b, w=cfg["aux"]: stage_b_loss(model, *b, aux=aux if w > 0 else None, aux_weight=w),
                        minutes=cfg["minutes"], batch=64, lr=cfg["lr"],
                        betas=(0.9, 0.98), warmup=50, floor=0.1, clip=1.0, state=state, path=path,
@@ -490,9 +530,11 @@ def main(argv=None):
     model.eval()
     test = scenes.dataset(args.eval_per_family * len(families), seed=scenes.EVAL_SEED, families=families)
     t = time.time()
-    acc, blind = evaluate(model, test), evaluate(model, test, block_vision=True)
+    preds = []
+    acc, blind = evaluate(model, test, preds_out=preds), evaluate(model, test, block_vision=True)
     forced = evaluate(model, test, block_vision=True, forced_choice=True)
-    log(f"eval {time.time() - t:.0f} s\n  acc {json.dumps(acc)}\n  blocked {json.dumps(blind)}\n"
+    log(f"eval {time.time() - t:.0f} s\n  acc {json.dumps(acc)}\n  by answer {json.dumps(by_answer(preds, test))}\n"
+        f"  blocked {json.dumps(blind)}\n"
         f"  blocked, forced choice {json.dumps(forced)}")
     n_params = sum(p.numel() for p in model.parameters())
     card = {
@@ -513,7 +555,7 @@ def main(argv=None):
         },
         "eval": {"seed": scenes.EVAL_SEED, "per_family": args.eval_per_family,
                  "metric": "greedy decode (≤ 3 tokens), normalised exact match; ci95 = Wilson",
-                 "accuracy": acc, "accuracy_vision_blocked": blind, "accuracy_vision_blocked_forced_choice": forced,
+                 "accuracy": acc, "accuracy_by_answer": by_answer(preds, test), "accuracy_vision_blocked": blind, "accuracy_vision_blocked_forced_choice": forced,
                  "vision_blocked": "explicit 4D float mask: text query rows × image key columns = finfo.min",
                  "chance": {f: scenes.CHANCE[f] for f in families}, "blind_best": blind_best(test)},
     }
