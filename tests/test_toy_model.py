@@ -61,6 +61,18 @@ def test_beats_chance_and_needs_the_image(model, held_out):
     assert acc["overall"]["acc"] - blind["overall"]["acc"] > 0.25
 
 
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_spatial_answers_follow_the_mirrored_image(model, held_out, axis):
+    # A behavioural check needing no labels: a model that reads where objects are swaps its answer when the
+    # scene is mirrored on the asked axis (the card's family mean once hid a model right only on above/below).
+    sp = [s for s in held_out if s.family == "spatial" and s.answer in scenes.SIDES[axis]]
+    a, b = scenes.SIDES[axis]
+    before = train.greedy(model, sp)
+    after = train.greedy(model, [scenes.mirror(s, axis) for s in sp])
+    follows = sum({a: b, b: a}.get(p) == q for p, q in zip(before, after)) / len(sp)
+    assert len(sp) >= 15 and follows > 0.8, (axis, follows)
+
+
 def test_interp_load_uses_the_training_prompt(held_out):
     vlm = toy.load()
     batch = vlm.prepare(images=[s.image for s in held_out[:3]], questions=[s.question for s in held_out[:3]])

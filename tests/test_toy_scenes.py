@@ -117,6 +117,35 @@ def test_answers_recomputed_from_objects(made):
     assert len({a for f, a in answers if f == "count"}) == 4
 
 
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_mirror_moves_pixels_boxes_and_answers_together(made, axis):
+    from dataclasses import replace
+
+    flip = np.fliplr if axis == "x" else np.flipud
+    for sample, objs in made:
+        m = scenes.mirror(sample, axis)
+        img, out = np.asarray(sample.image), np.asarray(m.image)
+        assert np.array_equal(out, flip(img))
+        moved = []  # the objects where the mirror puts them, boxes computed here by hand
+        for o in objs:
+            x0, y0, x1, y1 = o.box
+            box = (64 - x1, y0, 64 - x0, y1) if axis == "x" else (x0, 64 - y1, x1, 64 - y0)
+            bx0, by0, bx1, by1 = box
+            assert np.array_equal(out[by0:by1, bx0:bx1], flip(img[y0:y1, x0:x1]))
+            moved.append(replace(o, box=box))
+        # the answer re-derived from the moved objects by the independent parser, and the evidence with it
+        answer, boxes = _answer(m.question, moved)
+        assert m.answer == answer, m.id
+        got = {tuple(int(v) for v in b) for b in m.boxes}
+        assert got <= set(boxes) if m.answer == "no" else got == set(boxes)
+        swapped = m.answer != sample.answer
+        assert swapped == (sample.answer in scenes.SIDES[axis]), m.id  # only that axis' sides change
+        assert (m.question, m.choices, m.family) == (sample.question, sample.choices, sample.family)
+        assert scenes.mirror(m, axis).answer == sample.answer
+    with pytest.raises(ValueError, match="axis must be"):
+        scenes.mirror(made[0][0], "z")
+
+
 def test_max_objects_caps_scenes():
     for f in scenes.ALL_FAMILIES:
         for i in range(12):

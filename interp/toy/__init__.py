@@ -17,7 +17,7 @@ CHECKPOINT_DIR = os.path.join(os.path.dirname(__file__), "checkpoint")
 
 _LAZY = {  # heavy imports (numpy, PIL, transformers) wait until first use, so `import interp.toy` is cheap
     "dataset": "interp.toy.scenes", "make": "interp.toy.scenes", "FAMILIES": "interp.toy.scenes",
-    "ALL_FAMILIES": "interp.toy.scenes",
+    "ALL_FAMILIES": "interp.toy.scenes", "mirror": "interp.toy.scenes",
     "EVAL_SEED": "interp.toy.scenes", "CHANCE": "interp.toy.scenes", "Sample": "interp.toy.scenes",
     "build_processor": "interp.toy.processor", "prompt": "interp.toy.processor",
 }

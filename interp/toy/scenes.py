@@ -27,6 +27,7 @@ PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "cr
 SIZES = {"small": (6, 8), "large": (12, 15)}  # side of the object's square footprint, inclusive range
 NUMBERS = ("one", "two", "three", "four")
 MAX_OBJECTS = 6  # scenes hold 2..MAX_OBJECTS objects
+SIDES = {"x": ("left", "right"), "y": ("above", "below")}  # spatial / position answers per axis
 SPATIAL_MIN_GAP = 8  # spatial / position: the centres (object and object, or object and image centre)
 #                      differ by at least this many pixels along the asked axis
 
@@ -206,7 +207,7 @@ def _question(family: str, rng: np.random.Generator, max_objects: int = MAX_OBJE
         specs = [(ca, sa, _size(rng)), (cb, sb, _size(rng))]
         specs += _others(rng, n - 2, lambda c2, s2: c2 not in (ca, cb))
         axis = "x" if rng.random() < 0.5 else "y"
-        words = ("left", "right") if axis == "x" else ("above", "below")
+        words = SIDES[axis]
         rel = "of the" if axis == "x" else "the"
         q = f"is the {ca} {sa} {words[0]} or {words[1]} {rel} {cb} {sb} ?"
         return specs, q, axis, [0, 1], words  # answer filled after placement
@@ -214,7 +215,7 @@ def _question(family: str, rng: np.random.Generator, max_objects: int = MAX_OBJE
         c, s = _pick(rng, COLORS), _pick(rng, SHAPES)
         specs = [(c, s, _size(rng))] + _others(rng, n - 1, lambda c2, s2: c2 != c)
         axis = "x" if rng.random() < 0.5 else "y"
-        words = ("left", "right") if axis == "x" else ("above", "below")
+        words = SIDES[axis]
         return specs, f"is the {c} {s} {words[0]} or {words[1]} ?", axis, [0], words
     raise ValueError(f"unknown family {family!r}; expected one of {ALL_FAMILIES}")
 
@@ -245,6 +246,26 @@ def make(family: str, seed: int, index: int, *, max_objects: int = MAX_OBJECTS) 
     sample = Sample(Image.fromarray(img), q, answer, tuple(choices), family,
                     [objs[i].box for i in ev], f"{family}-{seed}-{index}")
     return sample, objs
+
+
+def mirror(sample: Sample, axis: str = "x") -> Sample:
+    """A toy sample's mirror image: flipped left↔right (axis "x") or upside down ("y"), boxes moved with it,
+    and an answer that names a side on that axis swapped (spatial, position). Colour, shape, count and existence
+    answers do not change under a mirror, so (sample, mirror(sample)) is a clean/corrupt pair for activation
+    patching that differs only in geometry. With "y", triangles point down: a shape the model never saw."""
+    if axis not in SIDES:
+        raise ValueError(f"axis must be 'x' (left↔right) or 'y' (upside down), got {axis!r}")
+    w, h = sample.image.size
+    if axis == "x":
+        image = sample.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        boxes = tuple((w - x1, y0, w - x0, y1) for x0, y0, x1, y1 in sample.boxes)
+    else:
+        image = sample.image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        boxes = tuple((x0, h - y1, x1, h - y0) for x0, y0, x1, y1 in sample.boxes)
+    a, b = SIDES[axis]
+    answer = {a: b, b: a}.get(sample.answer, sample.answer)
+    return Sample(image, sample.question, answer, sample.choices, sample.family, boxes,
+                  f"{sample.id}-mirror-{axis}", sample.answers)
 
 
 def dataset(n: int, *, seed: int, families=None, max_objects: int = MAX_OBJECTS) -> list[Sample]:

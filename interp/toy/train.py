@@ -1,6 +1,6 @@
 """Train the toy LLaVA in stages (DESIGN.md, "Toy testbed") and write a HF checkpoint + model card.
 
-The shipped model (160 CPU-min; the model card lists every command as it ran):
+The shipped model (185 CPU-min; the model card lists every command as it ran):
 
     python -m interp.toy.train --out runs/toy --minutes-a 5 --minutes-b 38
     python -m interp.toy.train --out runs/toy --resume --minutes-c 20 --families-c HARD1
@@ -9,6 +9,8 @@ The shipped model (160 CPU-min; the model card lists every command as it ran):
     python -m interp.toy.train --out runs/toy --resume --new-c --minutes-c 25 --aux-c 1 --families-c spatial --max-objects-c 2
     python -m interp.toy.train --out runs/toy --resume --new-c --minutes-c 14 --aux-c 1 --families-c MIX4
     python -m interp.toy.train --out runs/toy --resume --new-c --minutes-c 15 --aux-c 1 --families-c spatial --max-objects-c 4
+    python -m interp.toy.train --out runs/toy --resume --new-c --minutes-c 14 --aux-c 1 --families-c MIX5
+    python -m interp.toy.train --out runs/toy --resume --new-c --minutes-c 15 --aux-c 1 --families-c spatial --max-objects-c 4 --answers-c left,right
     python -m interp.toy.train --out runs/toy --resume --new-c --minutes-c 14 --aux-c 1 --families-c MIX5
     cp runs/toy/* interp/toy/checkpoint/   (all but train_state.pt)              # ship it
 
@@ -24,7 +26,8 @@ Continuations (C, C2, ...) rerun stage B with a fresh schedule on a re-weighted 
 plateaus with shape-of-colour at prior level; weighting the hard families breaks it. --aux-c adds a per-patch
 label loss on the projector's output so patch position is not lost (see stage_b_loss). Spatial stays at chance
 when mixed in from the start; it is learned in stages of its own on easier scenes (--max-objects-c), each
-followed by a short mixed stage that brings the other families back.
+followed by a short mixed stage that brings the other families back; left/right needed a stage of its own
+(--answers-c), as the decoder had learned only above/below (rows are 8 token positions apart, columns 1).
 """
 from __future__ import annotations
 
@@ -433,6 +436,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     families = tuple(args.families.split(","))
+    mix = (args.families_c or args.families).split(",")  # a new continuation's family mix
+    known = {a for f in mix for a in scenes.CHOICES.get(f, ())}
+    if args.answers_c and not set(args.answers_c.split(",")) <= known:  # before any training, not after
+        raise SystemExit(f"--answers-c {args.answers_c}: no family of the mix {sorted(set(mix))} answers "
+                         f"{sorted(set(args.answers_c.split(',')) - known)}; its answers are {sorted(known)}")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "train_state.pt")
     state = torch.load(path, weights_only=False) if args.resume and os.path.exists(path) else {}
@@ -499,11 +507,6 @@ def main(argv=None):
     conts = [k for k in state if k == "C" or (k[0] == "C" and k[1:].isdigit())]
     if args.minutes_c > 0 and (args.new_c or not conts):
         name = f"C{len(conts) + 1}" if conts else "C"
-        mix = (args.families_c or args.families).split(",")
-        known = {a for f in mix for a in scenes.CHOICES.get(f, ())}
-        if args.answers_c and not set(args.answers_c.split(",")) <= known:
-            raise SystemExit(f"--answers-c {args.answers_c}: no family of the mix {sorted(set(mix))} answers "
-                             f"{sorted(set(args.answers_c.split(',')) - known)}; its answers are {sorted(known)}")
         state[name] = {"step": 0, "total": None, "seconds": 0.0, "samples": 0, "config": {
             "minutes": args.minutes_c, "lr": args.lr_c, "max_objects": args.max_objects_c, "aux": args.aux_c,
             "tower_lr": args.tower_lr_c, "answers": args.answers_c.split(",") if args.answers_c else None,
