@@ -146,6 +146,11 @@ def test_mirror_moves_pixels_boxes_and_answers_together(made, axis):
         scenes.mirror(made[0][0], "z")
 
 
+def test_unknown_family_is_named():
+    with pytest.raises(ValueError, match=r"unknown family 'colour'; expected one of \('color_of_shape'"):
+        scenes.dataset(3, seed=0, families=["colour"])
+
+
 def test_max_objects_caps_scenes():
     for f in scenes.ALL_FAMILIES:
         for i in range(12):

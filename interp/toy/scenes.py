@@ -227,6 +227,8 @@ def make(family: str, seed: int, index: int, *, max_objects: int = MAX_OBJECTS) 
     fewer objects make easier scenes, for curricula and difficulty sweeps."""
     if not 2 <= max_objects <= MAX_OBJECTS:
         raise ValueError(f"max_objects must be in 2..{MAX_OBJECTS}, got {max_objects}")
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {ALL_FAMILIES}")
     rng = np.random.default_rng([seed, index, ALL_FAMILIES.index(family)])
     while True:
         specs, q, answer, ev, choices = _question(family, rng, max_objects)

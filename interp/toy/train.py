@@ -249,7 +249,7 @@ def restricted(family: str, seed: int, i: int, n: int, *, max_objects=scenes.MAX
     """scenes.make(family, seed, i), or with answers (a set of answer words) the first of indices i, i + n,
     i + 2n, ... whose answer is in it. Families none of whose choices are in answers are not restricted, so a
     mixed batch can narrow one family (spatial to left/right) and leave the others as they are."""
-    if answers and set(scenes.CHOICES[family]) & answers:
+    if answers and set(scenes.CHOICES.get(family, ())) & answers:  # an unknown family: make says which
         while (made := scenes.make(family, seed, i, max_objects=max_objects))[0].answer not in answers:
             i += n
         return made
@@ -535,8 +535,9 @@ def main(argv=None):
     t = time.time()
     preds = []
     acc, blind = evaluate(model, test, preds_out=preds), evaluate(model, test, block_vision=True)
+    split = by_answer(preds, test)
     forced = evaluate(model, test, block_vision=True, forced_choice=True)
-    log(f"eval {time.time() - t:.0f} s\n  acc {json.dumps(acc)}\n  by answer {json.dumps(by_answer(preds, test))}\n"
+    log(f"eval {time.time() - t:.0f} s\n  acc {json.dumps(acc)}\n  by answer {json.dumps(split)}\n"
         f"  blocked {json.dumps(blind)}\n"
         f"  blocked, forced choice {json.dumps(forced)}")
     n_params = sum(p.numel() for p in model.parameters())
@@ -558,7 +559,8 @@ def main(argv=None):
         },
         "eval": {"seed": scenes.EVAL_SEED, "per_family": args.eval_per_family,
                  "metric": "greedy decode (≤ 3 tokens), normalised exact match; ci95 = Wilson",
-                 "accuracy": acc, "accuracy_by_answer": by_answer(preds, test), "accuracy_vision_blocked": blind, "accuracy_vision_blocked_forced_choice": forced,
+                 "accuracy": acc, "accuracy_by_answer": split, "accuracy_vision_blocked": blind,
+                 "accuracy_vision_blocked_forced_choice": forced,
                  "vision_blocked": "explicit 4D float mask: text query rows × image key columns = finfo.min",
                  "chance": {f: scenes.CHANCE[f] for f in families}, "blind_best": blind_best(test)},
     }
