@@ -217,7 +217,7 @@ def _question(family: str, rng: np.random.Generator, max_objects: int = MAX_OBJE
         axis = "x" if rng.random() < 0.5 else "y"
         words = SIDES[axis]
         return specs, f"is the {c} {s} {words[0]} or {words[1]} ?", axis, [0], words
-    raise ValueError(f"unknown family {family!r}; expected one of {ALL_FAMILIES}")
+    raise AssertionError(family)  # make() checks the name against ALL_FAMILIES first
 
 
 def make(family: str, seed: int, index: int, *, max_objects: int = MAX_OBJECTS) -> tuple[Sample, list[Obj]]:

@@ -181,9 +181,10 @@ def score(preds, samples, key=lambda s: s.family) -> dict:
 def by_answer(preds, samples) -> dict:
     """{family: {answer: {"acc", "n", "ci95"}}}: a family mean can hide a half it never learned (spatial
     above/below right, left/right at chance)."""
-    return {f: dict(sorted(score([p for p, s in zip(preds, samples) if s.family == f],
-                                 [s for s in samples if s.family == f], key=lambda s: s.answer).items()))
-            for f in dict.fromkeys(s.family for s in samples)}
+    out = {f: {} for f in dict.fromkeys(s.family for s in samples)}
+    for (f, a), r in sorted(score(preds, samples, key=lambda s: (s.family, s.answer)).items()):
+        out[f][a] = r
+    return out
 
 
 def evaluate(model, samples, *, block_vision=False, forced_choice=False, preds_out=None) -> dict:
