@@ -8,8 +8,10 @@
     print(res.to_markdown())
 
 Results file: line 1 is `{"_meta": {...}}` (model, interventions, max_new_tokens, metric, ...), then one record
-per sample: {"id", "family", "question", "answer", "prediction", "metric", "score", "correct"}. Records are
-flushed and fsynced per batch. Re-running with the same `out` skips the ids already there; a torn last line
+per sample: {"id", "family", "question", "answer", "prediction", "metric", "score", "correct"}, and for
+benchmark samples (`interp.data.benchmark`) also "task", "group", "parsed" and "extra" (what lmms-eval's rule
+read, and what its aggregation needs: `res.harness` is the benchmark's number as lmms-eval aggregates it).
+Records are flushed and fsynced per batch. Re-running with the same `out` skips the ids already there; a torn last line
 (a crash mid-write) is dropped and that sample re-run; a file made with another model, other interventions,
 `max_new_tokens` or metric is refused.
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from interp.data import aggregate
 from interp.data.loaders import load_samples
 from interp.data.schema import Sample, as_sample
 from interp.data.scoring import resolve_metric, score
@@ -95,11 +98,14 @@ class EvalResult:
     def summary(self) -> dict:
         """Numbers for a JSON summary: accuracy, interval, n, and the same per family."""
         fams = self._families
-        return {
+        out = {
             "n": self.n, "accuracy": self.accuracy, "ci": list(self.ci), "level": self.level,
             "by_family": {f: {"n": len(fams[f]), "accuracy": self.by_family[f], "ci": list(self.by_family_ci[f])}
                           for f in fams},
         }
+        if aggregate.task_of(self.records):
+            out["harness"] = self.harness
+        return out
 
     def to_markdown(self, digits: int = 3) -> str:
         """A table: one row per family, then the overall row."""
@@ -115,6 +121,12 @@ class EvalResult:
                 row(f or "(none)", len(fams[f]), self.by_family[f], self.by_family_ci[f])
         row("**all**", self.n, self.accuracy, self.ci)
         return "\n".join(lines)
+
+    @cached_property
+    def harness(self) -> dict:
+        """The benchmark's numbers as lmms-eval aggregates them (`interp.data.aggregate.harness`): "score" is
+        its headline metric (MMStar / HR-Bench: macro over groups; POPE adds precision, recall, F1)."""
+        return aggregate.harness(self.records)
 
     @classmethod
     def load(cls, path, *, seed: int = 0) -> EvalResult:
@@ -146,12 +158,14 @@ class Comparison:
         ])
 
 
-def compare(a, b, *, seed: int = 0, level: float = 0.95) -> Comparison:
+def compare(a, b, *, seed: int = 0, level: float = 0.95, harness: bool = False) -> Comparison:
     """Paired comparison of two evaluations (EvalResult or results path) over the ids both contain.
 
     difference = accuracy(b) - accuracy(a) on the common ids, with a seeded bootstrap interval over the paired
     per-sample score differences; p_value = exact McNemar test on `correct` (binomial test of the discordant
-    pairs against 1/2, two-sided).
+    pairs against 1/2, two-sided). harness=True: accuracies are the benchmark's headline numbers
+    (`EvalResult.harness`, e.g. MMStar's macro over l2 categories) on the common ids, the difference theirs,
+    and the interval a bootstrap of the per-sample differences weighted as that number weighs them.
     """
     a = a if isinstance(a, EvalResult) else EvalResult.load(a)
     b = b if isinstance(b, EvalResult) else EvalResult.load(b)
@@ -161,6 +175,9 @@ def compare(a, b, *, seed: int = 0, level: float = 0.95) -> Comparison:
         raise InputError("compare: the two results share no sample ids; evaluate both on the same data")
     sa = np.array([float(ra["score"]) for ra, _ in pairs])  # [N]
     sb = np.array([float(rb["score"]) for _, rb in pairs])  # [N]
+    if harness:  # the headline's per-sample weights: score_a = w · sa (a plain mean for most benchmarks)
+        w = aggregate.weights([ra for ra, _ in pairs])  # [N]
+        sa, sb = len(pairs) * w * sa, len(pairs) * w * sb
     only_a = sum(bool(ra["correct"]) and not bool(rb["correct"]) for ra, rb in pairs)
     only_b = sum(bool(rb["correct"]) and not bool(ra["correct"]) for ra, rb in pairs)
     return Comparison(
@@ -175,7 +192,7 @@ def compare(a, b, *, seed: int = 0, level: float = 0.95) -> Comparison:
 
 def evaluate(vlm, samples, *interventions, batch_size: int = 8, max_new_tokens: int = 8, out=None,
              metric: str = "auto", progress: bool = True, runner=None, model_name: str | None = None,
-             seed: int = 0) -> EvalResult:
+             seed: int = 0, desc: str = "evaluate") -> EvalResult:
     """Generate an answer for every sample (under `interventions`) and score it.
 
     vlm: what `interp.load` returns; needs `vlm.prepare(images=[...], questions=[...])`.
@@ -186,7 +203,7 @@ def evaluate(vlm, samples, *interventions, batch_size: int = 8, max_new_tokens: 
     runner: use this object's `.generate` instead of `interp.intervene(...)` (tests, custom pipelines); the
         interventions are then only recorded in the file's metadata.
     model_name: the model's name in the metadata (default: read from `vlm`); resuming checks it.
-    seed: of the bootstrap intervals.
+    seed: of the bootstrap intervals. desc: the progress bar's label.
     Returns the EvalResult over exactly `samples`, in their order (resumed records included).
     """
     if batch_size < 1:
@@ -233,7 +250,7 @@ def evaluate(vlm, samples, *interventions, batch_size: int = 8, max_new_tokens: 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(samples), initial=len(samples) - len(pending), disable=not progress,
-                   desc="evaluate", unit="sample")
+                   desc=desc, unit="sample")
         f = None
         try:
             if path is not None:
@@ -269,9 +286,16 @@ def _generate(vlm, runner, samples: list[Sample], max_new_tokens: int) -> list[s
 
 
 def _record(id_: str, s: Sample, text: str, metric: str) -> dict:
-    value = score(s, text, metric)
+    name = resolve_metric(s, metric)
+    if s.task and name == s.task:  # lmms-eval's rule: keep what it read and what its aggregation needs
+        from interp.data.lmms import judge
+
+        value, parsed, extra = judge(s, text)
+        more = {"task": s.task, "group": s.meta.get("group"), "parsed": parsed, "extra": extra}
+    else:
+        value, more = score(s, text, metric), {}
     return {"id": id_, "family": s.family, "question": s.question, "answer": s.answer, "prediction": text,
-            "metric": resolve_metric(s, metric), "score": value, "correct": bool(value >= 0.5)}
+            "metric": name, "score": value, "correct": bool(value >= 0.5), **more}
 
 
 def _write_lines(f, objs: list[dict]) -> None:

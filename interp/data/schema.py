@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
@@ -28,6 +29,10 @@ class Sample:
     id:       unique within a dataset; the evaluation harness resumes by it.
     answers:  all annotator answers for VQA-style soft accuracy (e.g. the 10 of VQAv2/TextVQA); empty if
               there is only `answer`.
+    task:     a benchmark name from `interp.data.BENCHMARKS` ("pope", "mmstar", ...): `score` then applies
+              that benchmark's lmms-eval rule; "" for the generic metrics.
+    meta:     what that rule and its aggregation read besides the fields above (options, the normalised
+              REC box, the aggregation group, ...); a copy of the mapping given.
 
     Lists given for `choices`, `boxes` and `answers` are stored as tuples so the value stays hashable-ish and
     immutable.
@@ -43,6 +48,8 @@ class Sample:
     boxes: tuple[Box, ...] = ()
     id: str = ""
     answers: tuple[str, ...] = ()
+    task: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         where = f"Sample id={self.id!r}"
@@ -51,7 +58,7 @@ class Sample:
                              "convert it with str(...) when building the Sample")
         set_ = object.__setattr__  # frozen: normalising values in place is the only write we do
         set_(self, "image", _check_image(self.image, where))
-        for name in ("question", "answer", "family"):
+        for name in ("question", "answer", "family", "task"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise InputError(f"{where}: field {name!r} must be a str, got {type(value).__name__} "
@@ -62,6 +69,9 @@ class Sample:
         set_(self, "answers", _check_strings(self.answers, "answers", where))
         if len(self.choices) > 26:
             raise InputError(f"{where}: field 'choices' has {len(self.choices)} options; at most 26 (A-Z)")
+        if not isinstance(self.meta, Mapping):
+            raise InputError(f"{where}: field 'meta' must be a mapping, got {type(self.meta).__name__}")
+        set_(self, "meta", dict(self.meta))  # a private copy: the caller's dict can change
         set_(self, "boxes", tuple(_check_box(b, i, where) for i, b in enumerate(_as_sequence(
             self.boxes, "boxes", where))))
 
@@ -73,14 +83,14 @@ class Sample:
 
 def as_sample(obj, where: str = "sample") -> Sample:
     """`obj` if it is a Sample, else a Sample built from its same-named attributes (image, question, answer,
-    and optionally choices, family, boxes, id, answers), e.g. another module's record class."""
+    and optionally choices, family, boxes, id, answers, task, meta), e.g. another module's record class."""
     if isinstance(obj, Sample):
         return obj
     missing = [f for f in ("image", "question", "answer") if not hasattr(obj, f)]
     if missing:
         raise InputError(f"{where} is a {type(obj).__name__} without {missing}; expected an interp.data.Sample")
     kwargs = {f: getattr(obj, f) for f in ("image", "question", "answer", "choices", "family", "boxes", "id",
-                                          "answers") if getattr(obj, f, None) is not None}
+                                          "answers", "task", "meta") if getattr(obj, f, None) is not None}
     return Sample(**kwargs)
 
 

@@ -215,7 +215,8 @@ METRICS = ("auto", "exact_match", "multiple_choice", "vqa", "rec")
 def resolve_metric(sample, metric: str = "auto") -> str:
     """The metric "auto" picks for `sample`.
 
-    multiple_choice when the sample has choices and its answer is an option letter (A, B, ...); vqa when it
+    A benchmark sample (`sample.task` set, see `interp.data.benchmark`) gets its benchmark's lmms-eval rule;
+    otherwise multiple_choice when the sample has choices and its answer is an option letter (A, B, ...); vqa when it
     has several annotator answers; else exact_match. Choices with a free-text answer (e.g. the toy task's
     answer vocabulary, never shown as lettered options) stay exact_match, so a reply "a" is not option A.
     """
@@ -223,6 +224,8 @@ def resolve_metric(sample, metric: str = "auto") -> str:
         raise InputError(f"unknown metric {metric!r}; expected one of {METRICS}")
     if metric != "auto":
         return metric
+    if getattr(sample, "task", ""):
+        return sample.task  # a benchmark sample: its lmms-eval rule (interp.data.lmms)
     letter = sample.answer.strip().strip("().").strip()
     if sample.choices and len(letter) == 1 and "A" <= letter.upper() < chr(65 + len(sample.choices)):
         return "multiple_choice"
@@ -234,11 +237,16 @@ def resolve_metric(sample, metric: str = "auto") -> str:
 def score(sample, prediction: str, metric: str = "auto") -> float:
     """Score one model reply against a `Sample`; a float in [0, 1].
 
-    metric: "auto" (see `resolve_metric`), "exact_match", "multiple_choice" (answer: a letter or an option's
+    metric: "auto" (see `resolve_metric`: for a benchmark sample, exactly lmms-eval's `process_results`
+    rule, `interp.data.lmms.judge`), "exact_match", "multiple_choice" (answer: a letter or an option's
     text), "vqa" (uses `sample.answers`,
     or `answer` alone), "rec" (prediction text parsed as a pixel box, compared with `sample.boxes[0]`).
     """
     metric = resolve_metric(sample, metric)
+    if metric not in METRICS:
+        from interp.data.lmms import judge
+
+        return judge(sample, prediction)[0]
     if metric == "exact_match":
         return exact_match(prediction, sample.answer)
     if metric == "multiple_choice":
