@@ -1,4 +1,26 @@
-"""Where every token of a batch comes from: vision / text / question / answer / pad, and image geometry.
+"""Where every token of a batch comes from (the token groups) and image geometry.
+
+Token groups are bool `[B, T]` masks, True = in the group; `TokenLayout.group(name)` is the one place a group
+name is resolved (it also takes a bool `[B, T]` tensor or a callable of the layout):
+
+| group         | tokens                                                                                          |
+|---------------|-------------------------------------------------------------------------------------------------|
+| `vision`      | image tokens (LLaVA-NeXT's image-newline tokens included)                                       |
+| `text`        | every non-pad, non-vision token (template, question, answer, generated, text between images)    |
+| `question`    | exactly the user's question text, found from its character offsets in the rendered prompt; a    |
+|               | token that straddles the question's boundary belongs to the question                            |
+| `template`    | chat-template tokens after the last image that are neither question nor answer: role markers,   |
+|               | `<|vision_end|>`, `<end_of_utterance>`, "ASSISTANT:", newlines                                  |
+| `after_image` | text after the row's last image: `question ∪ template ∪ answer`, and generated positions        |
+| `answer`      | teacher-forced answer tokens (`prepare(..., answers=...)`)                                      |
+| `last`        | the last prompt position of each row, where the first answer token is predicted                 |
+| `generated`   | positions produced by generate (`extend(n)`)                                                    |
+| `pad`         | left padding                                                                                    |
+| `all`         | every non-pad position                                                                          |
+
+`question`, `template` and `answer` partition `after_image` within the prompt. On Qwen2-VL, for example, the
+prompt after the image is `<|vision_end|>` + question + `<|im_end|>` `\n` `<|im_start|>` `assistant` `\n`: the
+question group is the question's tokens, the template group the rest.
 
 Vision token `i` of a row is its `i`-th vision position in sequence order; every per-vision-token array in
 interp (`[..., Nv]`) uses that order. Each image is made of one or more `Piece`s (a grid of tokens over a
@@ -53,12 +75,16 @@ class ImageLayout:
         return self.pieces[0]
 
 
+GROUPS = ("vision", "text", "question", "template", "after_image", "answer", "last", "generated", "pad", "all")
+
+
 @dataclass(frozen=True)
 class TokenLayout:
-    """Bool `[B, T]` token groups plus per-image geometry.
+    """Bool `[B, T]` token groups (see the module docstring's table) plus per-image geometry.
 
-    `vision`: image tokens; `text`: every non-pad, non-vision token; `question`: text after the last image
-    and before any answer; `answer`: teacher-forced answer tokens; `pad`: padding (left).
+    `template` and `after_image` default to what the other groups imply: `after_image` = non-pad text after the
+    row's last vision token (and generated positions), `template` = `after_image` minus question, answer and
+    generated positions.
     """
 
     vision: torch.Tensor
@@ -69,12 +95,18 @@ class TokenLayout:
     images: tuple[tuple[ImageLayout, ...], ...]
     generated: torch.Tensor = field(default=None)  # [B, T] bool; positions produced by generate
     prompt_len: int = -1  # columns before any generated token
+    template: torch.Tensor = field(default=None)  # [B, T] bool
+    after_image: torch.Tensor = field(default=None)  # [B, T] bool
 
     def __post_init__(self):
         if self.generated is None:
             object.__setattr__(self, "generated", torch.zeros_like(self.vision))
         if self.prompt_len < 0:
             object.__setattr__(self, "prompt_len", self.vision.shape[1])
+        if self.after_image is None:
+            object.__setattr__(self, "after_image", self.text & after_last_image(self.vision))
+        if self.template is None:
+            object.__setattr__(self, "template", self.after_image & ~(self.question | self.answer | self.generated))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -103,6 +135,11 @@ class TokenLayout:
         out[torch.arange(self.batch_size), pos] = True
         return out
 
+    @property
+    def all(self) -> torch.Tensor:
+        """[B, T] bool: every non-pad position."""
+        return ~self.pad
+
     def vision_positions(self) -> torch.Tensor:
         """[B, Nv] long: sequence position of each vision token, -1 where a row has fewer."""
         n = int(self.num_vision.max()) if self.vision.numel() else 0
@@ -117,34 +154,44 @@ class TokenLayout:
         return self.vision_positions() >= 0
 
     def group(self, name) -> torch.Tensor:
-        """A token group as bool `[B, T]`: a name, a bool tensor, or a callable of the layout."""
-        if callable(name) and not isinstance(name, torch.Tensor):
-            mask = name(self)
-        elif isinstance(name, torch.Tensor):
+        """A token group as bool `[B, T]`: a name from `GROUPS`, a bool tensor, or a callable of the layout.
+
+        On a layout extended by generation (`extend(n)`, T = prompt + n), a `[B, prompt_len]` tensor (or a
+        callable's result of that shape) covers the prompt and is padded with False over the generated positions.
+
+            layout.group("question")                     # [B, T] bool
+            layout.group(lambda lay: lay.question | lay.answer)
+        """
+        if isinstance(name, torch.Tensor):
             mask = name
-        elif name in ("vision", "text", "question", "answer", "pad", "generated", "last"):
+        elif callable(name):
+            mask = name(self)
+        elif isinstance(name, str) and name in GROUPS:
             mask = getattr(self, name)
-        elif name == "all":
-            mask = ~self.pad
         else:
-            raise InputError(
-                f"unknown token group {name!r}; use 'vision', 'text', 'question', 'answer', 'generated', "
-                "'last', 'all', a bool [B, T] tensor, or a callable of the layout"
-            )
+            raise InputError(f"unknown token group {name!r}; use one of {', '.join(GROUPS)}, a bool [B, T] tensor, "
+                             "or a callable of the layout")
+        if (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.dim() == 2
+                and mask.shape[0] == self.batch_size and mask.shape[1] == self.prompt_len < self.seq_len):
+            pad = torch.zeros(self.batch_size, self.seq_len - self.prompt_len, dtype=torch.bool, device=mask.device)
+            mask = torch.cat([mask, pad], dim=1)
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != self.shape:
-            got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise InputError(f"token group {name!r} must be a bool tensor of shape {self.shape}, got {got}")
+            got = (f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__)
+            raise InputError(f"token group {_label(name)} must be a bool tensor of shape {self.shape}"
+                             f"{f' or {(self.batch_size, self.prompt_len)}' if self.prompt_len < self.seq_len else ''}"
+                             f", got {got}")
         return mask
 
     def extend(self, n: int) -> "TokenLayout":
-        """The layout after `n` generated tokens: new positions are `text` and `generated`."""
+        """The layout after `n` generated tokens: new positions are `text`, `after_image` and `generated`."""
         B = self.batch_size
 
         def grow(x, value):
             return torch.cat([x, torch.full((B, n), value, dtype=torch.bool)], dim=1)
 
         return replace(self, vision=grow(self.vision, False), text=grow(self.text, True),
-                       question=grow(self.question, False), answer=grow(self.answer, False),
+                       question=grow(self.question, False), template=grow(self.template, False),
+                       after_image=grow(self.after_image, True), answer=grow(self.answer, False),
                        pad=grow(self.pad, False), generated=grow(self.generated, True))
 
     # ----- geometry helpers -----
@@ -180,6 +227,18 @@ class TokenLayout:
                                & (t[:, None, 1] < bx[None, :, 3]) & (bx[None, :, 1] < t[:, None, 3]))
                     mask[b, p.positions[overlap.any(1)]] = True
         return mask
+
+
+def after_last_image(vision: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: positions after each row's last vision token (every position where a row has none).
+    vision: [B, T] bool."""
+    B, T = vision.shape
+    last = torch.where(vision.any(1), T - 1 - vision.flip(1).int().argmax(1), torch.full((B,), -1))
+    return torch.arange(T)[None, :] > last[:, None]
+
+
+def _label(name) -> str:
+    return repr(name) if isinstance(name, str) else f"({type(name).__name__})"
 
 
 def _is_nested(boxes) -> bool:

@@ -216,10 +216,10 @@ def test_composes_with_edge_mask_cut_edges_stay_zero(arch):
     b = batch(vlm, 2)
     vif = small_vif(vlm)
     inj = [i for _, i in vif.pairs]
-    mask = interp.EdgeMask("question", "vision")
+    mask = interp.EdgeMask("after_image", "vision")
     st = interp.capture(vlm, b, interventions=(mask, vif), layers=inj)
     assert (st.vision_max.nan_to_num() == 0).all() and (st.vision_ratio == 0).all()
-    # every post-image text row is a question row here, so under the cut VIF has nothing to move
+    # the cut covers every post-image text row (question and template), so VIF has nothing to move
     # (pad rows are left out: the engine recomputes the attention of a fully masked row its own way)
     real = ~b.layout.pad
     both = interp.intervene(vlm, mask, vif).forward(b).logits[real]

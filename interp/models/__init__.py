@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import InputError, SiteError, UnsupportedModelError
-from ..layout import TokenLayout
+from ..layout import TokenLayout, after_last_image
 from .adapters import ADAPTERS, adapter_for, image_layouts, supported
+from .tokens import question_mask
 
 __all__ = ["VLM", "Batch", "load", "supported"]
 
@@ -88,7 +90,9 @@ class VLM:
     def prepare(self, images, questions, *, answers=None) -> Batch:
         """Images + questions (+ teacher-forced answers) → `Batch` (left-padded, ready for generate).
 
-        images: one entry per row: a PIL image, a list of PIL images, or None; questions: list of str.
+        images: one entry per row: a PIL image, a list of PIL images, or None; questions: list of str. The
+        layout's token groups (`interp.layout`) come from the rendered prompt: `question` is the question's own
+        tokens (by character offsets, `interp.models.tokens`), `template` the chat template's after the image.
         """
         if isinstance(questions, str):
             questions = [questions]
@@ -116,7 +120,8 @@ class VLM:
         if answers is not None:
             if len(answers) != len(questions) or not all(isinstance(a, str) for a in answers):
                 raise InputError("answers must be a list of str, one per question")
-        prompts = [self.adapter.prompt(self.processor, len(r), q) for r, q in zip(rows, questions)]
+        rendered = [self.adapter.prompt_with_span(self.processor, len(r), q) for r, q in zip(rows, questions)]
+        prompts = [p for p, _ in rendered]
         if answers is not None:
             prompts = [p + " " + a for p, a in zip(prompts, answers)]
         flat = [im for r in rows for im in r]
@@ -137,7 +142,7 @@ class VLM:
         pad = enc["attention_mask"] == 0
         imgs_layout = image_layouts(self, enc, rows, ids)
         vision = ids == self.image_token_id
-        B, T = ids.shape
+        T = ids.shape[1]
         answer = torch.zeros_like(vision)
         if answers is not None:
             for b, a in enumerate(answers):
@@ -147,10 +152,10 @@ class VLM:
                     raise InputError(f"row {b}: answer {a!r} does not tokenize to the end of the prompt; "
                                      "it merges with the prompt's last token")
                 answer[b, T - n:] = True
-        last_vision = torch.where(vision.any(1), T - 1 - vision.flip(1).int().argmax(1), torch.full((B,), -1))
-        after = torch.arange(T)[None, :] > last_vision[:, None]
         text = ~vision & ~pad
-        question = text & after & ~answer
+        question = question_mask(tok, ids, vision, answer, prompts, [sp for _, sp in rendered],
+                                 self.image_token_id) & text & after_last_image(vision) & ~answer
+        # after_image and template follow from these (TokenLayout's defaults)
         layout = TokenLayout(vision=vision, text=text, question=question, answer=answer, pad=pad,
                              images=imgs_layout)
         dev = self.device
@@ -216,22 +221,35 @@ def _load_processor(path: str):
                                         tokenizer=AutoTokenizer.from_pretrained(path), chat_template=template)
 
 
-def load(source, *, processor=None, dtype=None, device=None, attn_implementation="sdpa", remote=False,
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def load(source, *, processor=None, dtype=None, device=None, attn_implementation=None, remote=False,
          check=True) -> VLM:
     """Load a VLM from a hub id, a local `save_pretrained` directory, or a built transformers model.
 
-    dtype: e.g. torch.bfloat16; device: "cpu", "cuda", ...; attn_implementation: "sdpa" or "eager";
-    remote: True for NDIF, "local" to simulate serialization offline. check: run the site self-check.
+    dtype: e.g. torch.bfloat16; device: "cpu", "cuda", ...; attn_implementation: "sdpa" or "eager" (None: "sdpa"
+    for a hub id or directory; a built model keeps its own); remote: True for NDIF, "local" to simulate
+    serialization offline. check: run the site self-check.
+
+    A built model is used as built: its attention implementation is changed only when `attn_implementation`
+    asks for another one, and its train/eval mode is kept (a model in train mode gets a warning: dropout makes
+    every pass random). `dtype` and `device` move it in place, as `model.to` does.
     """
     from nnsight.modeling.transformers import TransformersModel
 
+    if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise InputError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS} (interp reads and edits "
+                         f"attention at the attention call), got {attn_implementation!r}")
     if isinstance(source, torch.nn.Module):
         hf = source
         if processor is None:
             raise InputError("loading a built model needs its processor: interp.load(model, processor=proc)")
         adapter = adapter_for(hf)
-        if hasattr(hf, "set_attn_implementation"):
-            hf.set_attn_implementation(attn_implementation)
+        _keep_or_set_attention(hf, attn_implementation)
+        if hf.training:
+            warnings.warn(f"{type(hf).__name__} is in train mode: dropout makes every forward random; call "
+                          "model.eval() before interp.load for reproducible attention and logits", stacklevel=2)
         name = getattr(hf.config, "_name_or_path", "") or type(hf).__name__
     elif isinstance(source, (str, os.PathLike)):
         source = os.fspath(source)
@@ -254,7 +272,7 @@ def load(source, *, processor=None, dtype=None, device=None, attn_implementation
         if remote and remote != "local":
             nn = TransformersModel(source, task="image-text-to-text", remote=True)
             return VLM(nn._module, nn.processor, adapter=adapter_for(nn._module), nn=nn, remote=True, source=source)
-        kw = {"attn_implementation": attn_implementation}
+        kw = {"attn_implementation": attn_implementation or "sdpa"}
         if dtype is not None:
             kw["dtype"] = dtype
         hf = AutoModelForImageTextToText.from_pretrained(source, **kw)
@@ -267,7 +285,8 @@ def load(source, *, processor=None, dtype=None, device=None, attn_implementation
         hf = hf.to(dtype)
     if device is not None:
         hf = hf.to(device)
-    hf.eval()
+    if not isinstance(source, torch.nn.Module):
+        hf.eval()  # built here from weights: inference mode; a user's model keeps its mode (see above)
     nn = TransformersModel(hf, task="image-text-to-text", processor=processor)
     vlm = VLM(hf, processor, adapter=adapter, nn=nn, remote=remote, source=name)
     if check:
@@ -275,6 +294,19 @@ def load(source, *, processor=None, dtype=None, device=None, attn_implementation
 
         self_check(vlm)
     return vlm
+
+
+def _keep_or_set_attention(hf, requested) -> None:
+    """Keep a built model's attention implementation, or switch it when `requested` names another one."""
+    current = hf.config.get_text_config()._attn_implementation
+    if requested is None:
+        if current not in ATTN_IMPLEMENTATIONS:
+            raise InputError(f"{type(hf).__name__} uses attn_implementation={current!r}; interp reads and edits "
+                             f"attention at the attention call and supports {ATTN_IMPLEMENTATIONS}: pass "
+                             "attn_implementation='sdpa' (or 'eager') to interp.load to switch it")
+        return
+    if requested != current or hf.config._attn_implementation != requested:
+        hf.set_attn_implementation(requested)
 
 
 __all__ += ["ADAPTERS", "SiteError"]

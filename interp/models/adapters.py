@@ -51,6 +51,32 @@ class Adapter:
         token = getattr(processor, "image_token", "<image>")
         return self.plain_prompt.replace("<image>", token * n_images).format(question=question)
 
+    def prompt_with_span(self, processor, n_images: int, question: str) -> tuple[str, tuple[int, int]]:
+        """`prompt(...)` plus the character span `(start, end)` of the question in it.
+
+        The span comes from rendering the template twice, once with a sentinel in place of the question: the
+        text before and after the sentinel is the template's, whatever the template does to the question
+        itself (e.g. `| trim`) lands in between. Templates whose surrounding text depends on the question fall
+        back to the question's last occurrence in the prompt.
+        """
+        text = self.prompt(processor, n_images, question)
+        marked = self.prompt(processor, n_images, _SENTINEL)
+        i = marked.find(_SENTINEL)
+        if i >= 0 and marked.count(_SENTINEL) == 1:
+            head, tail = marked[:i], marked[i + len(_SENTINEL):]
+            if text.startswith(head) and text.endswith(tail) and len(head) + len(tail) <= len(text):
+                return text, (len(head), len(text) - len(tail))
+        j = text.rfind(question.strip())
+        if not question.strip() or j < 0:
+            raise InputError(f"cannot find the question {question!r} in the prompt the chat template rendered "
+                             f"({text!r}); the template rewrites the question text, so interp cannot tell which "
+                             "tokens are the question: set processor.chat_template to one that inserts it verbatim")
+        return text, (j, j + len(question.strip()))
+
+
+# Stands in for the question when rendering a template (private-use characters: whitespace filters keep it).
+_SENTINEL = "\ue000interp-question\ue001"
+
 
 def _image_size(img) -> tuple[int, int]:
     return tuple(img.size)  # PIL: (width, height)
