@@ -120,6 +120,7 @@ def find_copy(name: str, data_root) -> Path:
 def benchmark(name: str, root, *, split: str | None = None, limit: int | None = None, seed: int = 0,
               style: str = "lmms-eval", box: str = "unit") -> list[Sample]:
     """Samples of benchmark `name` from its local hub copy `root`, prompts and scoring as lmms-eval's.
+    (`open_benchmark` takes the same arguments and decodes images only for the samples asked for.)
 
     split: default lmms-eval's split for the task (RefCOCO/+/g: one task per split, so pass it).
     limit, seed: a seeded subset (see `interp.data.loaders.subsample`); RefCOCO counts expressions.
@@ -127,6 +128,13 @@ def benchmark(name: str, root, *, split: str | None = None, limit: int | None = 
     box: REC only, how replies give boxes (`interp.data.lmms.BOX_CONVENTIONS`: "unit" as lmms-eval asks,
         "qwen2.5-vl" for Qwen2.5-VL's absolute pixels of its resized image).
     """
+    return open_benchmark(name, root, split=split, limit=limit, seed=seed, style=style, box=box).samples()
+
+
+def open_benchmark(name: str, root, *, split: str | None = None, limit: int | None = None, seed: int = 0,
+                   style: str = "lmms-eval", box: str = "unit") -> BenchmarkSplit:
+    """The split `benchmark` would load, opened: its sample ids now, the samples (images decoded) on
+    `.samples(positions)`. For runs over thousands of images, a chunk at a time."""
     b = get(name)
     st, conv = prompts.style(style), box_convention(box)
     root = hub.check_dir(root, name)
@@ -139,8 +147,8 @@ def benchmark(name: str, root, *, split: str | None = None, limit: int | None = 
     if split not in have:
         raise InputError(f"{name}: {str(root)!r} has no split {split!r}; it has {have}. Pass split= one of them, or "
                          f"download the full copy of {b.hub}")
-    ds = hub.open_split(root, split, b.config)
-    return _samples(b, ds, root, split, limit, seed, st.kwargs_for(b.kind), conv.name)
+    return BenchmarkSplit(b, hub.open_split(root, split, b.config), root, split, limit, seed,
+                          st.kwargs_for(b.kind), conv.name)
 
 
 def _check_schema(b: Benchmark, root: Path) -> None:
@@ -159,21 +167,39 @@ def _check_schema(b: Benchmark, root: Path) -> None:
 
 # --- rows → samples --------------------------------------------------------------------------------------
 
-def _samples(b: Benchmark, ds, root: Path, split: str, limit, seed, kwargs, box: str) -> list[Sample]:
-    ids = _ids(b, ds)
-    if b.kind == "rec":  # one sample per referring expression (lmms-eval's process_docs)
-        units = [(i, k) for i, exprs in enumerate(ds["answer"]) for k in range(len(exprs or ()))]
-    else:
-        units = [(i, None) for i in range(len(ds))]
-    picked = [units[j] for j in subsample(len(units), limit, seed)]
-    rows = sorted({i for i, _ in picked})
-    table = dict(zip(rows, ds.select(rows))) if rows else {}
-    out = []
-    for i, k in picked:
-        row, where = table[i], f"{root} ({b.name}, split {split!r}), row {i}"
-        image = _image(row["image"], where, root)
-        out.append(_BUILD[b.kind](b, row, image, ids[i], k, kwargs, box, where))
-    return out
+class BenchmarkSplit:
+    """One benchmark split, rows picked (limit / seed), images not yet decoded.
+
+    ids: the sample ids in order; len(split); split.samples(positions=None) → the Samples at those
+    positions (all by default), each row's image decoded once per call.
+    """
+
+    def __init__(self, b: Benchmark, ds, root: Path, split: str, limit, seed, kwargs, box: str):
+        self.benchmark, self.split, self.root = b, split, root
+        self._ds, self._kwargs, self._box = ds, kwargs, box
+        row_ids = _ids(b, ds)
+        if b.kind == "rec":  # one sample per referring expression (lmms-eval's process_docs)
+            units = [(i, k) for i, exprs in enumerate(ds["answer"]) for k in range(len(exprs or ()))]
+        else:
+            units = [(i, None) for i in range(len(ds))]
+        self._units = [units[j] for j in subsample(len(units), limit, seed)]
+        self.ids = [row_ids[i] if k is None else f"{row_ids[i]}:{k}" for i, k in self._units]
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def samples(self, positions=None) -> list[Sample]:
+        picked = [(p, *self._units[p]) for p in (range(len(self)) if positions is None else positions)]
+        rows = sorted({i for _, i, _ in picked})
+        table = dict(zip(rows, self._ds.select(rows))) if rows else {}
+        images, out = {}, []
+        for p, i, k in picked:
+            row, where = table[i], f"{self.root} ({self.benchmark.name}, split {self.split!r}), row {i}"
+            if i not in images:
+                images[i] = _image(row["image"], where, self.root)
+            out.append(_BUILD[self.benchmark.kind](self.benchmark, row, images[i], self.ids[p], k, self._kwargs,
+                                                   self._box, where))
+        return out
 
 
 def _ids(b: Benchmark, ds) -> list[str]:
@@ -248,7 +274,7 @@ def _rec(b, row, image, id_, k, kw, box, where):
     unit = [float(np.float32(v)) for v in (x / W, y / H, (x + w) / W, (y + h) / H)]
     expr = row["answer"][k]
     return Sample(image, doc_to_text("rec", {"expression": expr}), json.dumps([round(v, 4) for v in unit]),
-                  boxes=((x, y, x + w, y + h),), id=f"{id_}:{k}", task=b.name,
+                  boxes=((x, y, x + w, y + h),), id=id_, task=b.name,
                   meta={"bbox": unit, "expression": expr, "box_convention": box})
 
 
