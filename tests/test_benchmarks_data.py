@@ -107,7 +107,7 @@ def test_styles(copies):
     (lambda c, t: benchmark("pope", _empty(t)), "holds no data files"),
     (lambda c, t: benchmark("mmstar", _drop(t, "l2_category")), r"lacks column\(s\) \['l2_category'\]"),
     (lambda c, t: benchmark("refcoco", c["refcoco"], split="val", box="pixels"), "unknown box convention"),
-    (lambda c, t: find_copy("pope", t), "huggingface-cli download --repo-type dataset lmms-lab-encoder/POPE"),
+    (lambda c, t: find_copy("pope", t), "hf download --repo-type dataset lmms-lab-encoder/POPE"),
 ])
 def test_errors(copies, tmp_path, call, match):
     with pytest.raises(InterpError, match=match):
@@ -158,3 +158,12 @@ def F_image():
     from PIL import Image
 
     return Image.open(io.BytesIO(F.png(0))).convert("RGB")
+
+
+def test_same_folder_name_other_rows(tmp_path):
+    # datasets keys its cache of a local folder by the folder's name: interp's key adds path and file state
+    F.write("pope", tmp_path / "a" / "POPE", n=2)
+    F.write("pope", tmp_path / "b" / "POPE", n=5)
+    assert [len(benchmark("pope", tmp_path / d / "POPE")) for d in "ab"] == [2, 5]
+    F.write("pope", tmp_path / "a" / "POPE", n=3, seed=1)  # rewritten in place
+    assert len(benchmark("pope", tmp_path / "a" / "POPE")) == 3

@@ -23,9 +23,10 @@ TOY = ["--model", "toy", "--benchmarks", "pope,countbench", "--prompt-style", "b
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy-hub")
-    datasets.config.HF_DATASETS_CACHE = str(root / "hf-cache")
-    toy_benchmarks.write(root, n=6, seed=0)
-    return root
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / "hf-cache"))
+        toy_benchmarks.write(root, n=6, seed=0)
+        yield root
 
 
 def _records(path):

@@ -114,7 +114,7 @@ def find_copy(name: str, data_root) -> Path:
         if p.is_dir():
             return p
     raise InputError(f"no local copy of {name} under {str(data_root)!r}; tried {[str(p) for p in tried]}. Get it with "
-                     f"`huggingface-cli download --repo-type dataset {b.hub} --local-dir {tried[1 if b.dirs else 0]}`")
+                     f"`hf download --repo-type dataset {b.hub} --local-dir {tried[1 if b.dirs else 0]}`")
 
 
 def benchmark(name: str, root, *, split: str | None = None, limit: int | None = None, seed: int = 0,

@@ -1,7 +1,7 @@
 """Local copies of hub datasets, read with HF `datasets` exactly as the hub lays them out.
 
-Layouts (all three as `huggingface-cli download --repo-type dataset <id> --local-dir DIR` or
-`Dataset.save_to_disk` leave them):
+Layouts (the first two as `hf download --repo-type dataset <id> --local-dir DIR` leaves them, the third as
+`Dataset(Dict).save_to_disk` writes it):
 
     DIR/README.md (YAML `configs`) + DIR/data/<split>-00000-of-00002.parquet     lmms-lab-encoder/*, CountBenchQA
     DIR/README.md (YAML `configs`) + DIR/mmstar.parquet, DIR/hr_bench_4k.parquet   Lin-Chen/MMStar, DreamMr/HR-Bench
@@ -14,6 +14,7 @@ dicts), so only the rows a caller picks are ever decoded. `write_parquet_copy` w
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -51,7 +52,7 @@ def check_dir(root, what: str) -> Path:
     root = Path(root)
     if not root.exists():
         raise InputError(f"{what}: directory {str(root)!r} does not exist; download it with "
-                         "`huggingface-cli download --repo-type dataset <hub id> --local-dir DIR` and pass DIR")
+                         "`hf download --repo-type dataset <hub id> --local-dir DIR` and pass DIR")
     if not root.is_dir():
         raise InputError(f"{what}: {str(root)!r} is a file; pass the folder of the local hub copy")
     if not _saved(root) and not data_files(root):
@@ -84,14 +85,29 @@ def splits(root, config: str | None = None) -> list[str]:
     return list(_builder(root, config).config.data_files)
 
 
+def cache_dir(root: Path) -> str:
+    """Where `datasets` keeps the Arrow copy of `root`: a folder per copy and file state. datasets' own key
+    for a local folder is its base name and config only (datasets 5.2: two different "pope" folders share one
+    cache and the second silently reads the first's rows), so the key here also hashes the folder's path and
+    every data file's name, size and mtime."""
+    import datasets
+
+    h = hashlib.sha1(str(root.resolve()).encode())
+    for f in [root / "README.md", *data_files(root)]:
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return os.path.join(datasets.config.HF_DATASETS_CACHE, "interp-hub", h.hexdigest()[:16])
+
+
 def _builder(root: Path, config: str | None):
     import datasets
 
     try:
-        return datasets.load_dataset_builder(str(root), config)
+        return datasets.load_dataset_builder(str(root), config, cache_dir=cache_dir(root))
     except ValueError as e:  # an unknown config: datasets lists the ones there are
-        if config is not None and "not found" in str(e):
-            return datasets.load_dataset_builder(str(root))  # a copy without that README config
+        if config is not None and "not found" in str(e):  # a copy without that README config
+            return datasets.load_dataset_builder(str(root), cache_dir=cache_dir(root))
         raise InputError(f"{str(root)!r}: {e}") from None
     except FileNotFoundError as e:
         raise InputError(f"{str(root)!r} holds no dataset files datasets can read: {e}") from None
@@ -100,7 +116,7 @@ def _builder(root: Path, config: str | None):
 def open_split(root, split: str, config: str | None = None):
     """The split `split` of a local copy as a `datasets.Dataset`, image columns not decoded.
 
-    The Arrow cache `datasets` builds from parquet goes where datasets puts it (HF_DATASETS_CACHE)."""
+    The Arrow copy `datasets` builds from parquet goes under HF_DATASETS_CACHE (see `cache_dir`)."""
     import datasets
 
     root = Path(root)
