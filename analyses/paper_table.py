@@ -172,14 +172,17 @@ def settings(args, opened: dict) -> dict:
 
 
 def check_settings(out: Path, new: dict, rank: int) -> None:
+    """Refuse an OUT made with other settings (benchmarks may be added, a copy may move); record these."""
     path = out / "settings.json"
     if path.exists():
         old = json.loads(path.read_text())
-        keep = {k: v for k, v in old.items() if k != "benchmarks"}
-        same = {k: v for k, v in new.items() if k != "benchmarks"}
-        clash = [k for k in same if keep.get(k) != same[k]] + [
-            k for k, v in new["benchmarks"].items() if k in old.get("benchmarks", {}) and
-            {x: y for x, y in old["benchmarks"][k].items() if x != "copy"} != {x: y for x, y in v.items() if x != "copy"}]
+
+        def fixed(d):
+            return {k: v for k, v in d.items() if k not in ("benchmarks", "copy")}
+
+        clash = [k for k in fixed(new) if old.get(k) != new[k]]
+        clash += [k for k, v in new["benchmarks"].items()
+                  if k in old.get("benchmarks", {}) and fixed(old["benchmarks"][k]) != fixed(v)]
         if clash:
             raise InputError(f"{out} holds a run with other settings ({', '.join(clash)} differ; see {path}); "
                              "use another --out, or delete it to start over")
@@ -187,6 +190,18 @@ def check_settings(out: Path, new: dict, rank: int) -> None:
     tmp = path.with_suffix(f".rank{rank}.tmp")
     tmp.write_text(json.dumps(new, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def check_box(view, args) -> None:
+    """A pixel box convention must match how the model's processor resizes images (else every box is off)."""
+    pixels = BOX_CONVENTIONS[args.box].pixels
+    if pixels is None or not any(B.get(n).kind == "rec" for n, _, _ in args.bench_list):
+        return
+    size = getattr(getattr(view.processor, "image_processor", None), "size", None)
+    have = (getattr(size, "shortest_edge", None), getattr(size, "longest_edge", None))
+    if have != tuple(pixels[1:]):
+        raise InputError(f"--box {args.box} reads pixels of images resized within {list(pixels[1:])}, but this "
+                         f"model's processor resizes within {list(have)}; add --prompt-style {args.box}")
 
 
 def result_path(out: Path, key: str, method: str, rank: int, world: int) -> Path:
@@ -280,6 +295,14 @@ def markdown(table: dict, args, label: str) -> str:
     metric = ", ".join(f"{c}: {table[k][args.method_list[0]]['metric']}" for c, k in zip(cols, keys))
     lines += ["", f"Scores × 100 as lmms-eval aggregates them ({metric}); {ns}. Methods: the score (Δ vs plain, "
               "paired 95% bootstrap CI, exact McNemar p on per-sample correctness)."]
+    for c, k in zip(cols, keys):
+        hs = {m: table[k][m]["harness"] for m in args.method_list}
+        if "pope_f1_score" in hs[args.method_list[0]]:
+            lines.append(f"{c} F1 × 100: " + ", ".join(f"{LABELS[m] or label} {100 * h['pope_f1_score']:.1f}"
+                                                       for m, h in hs.items()) + ".")
+        if any(h.get("undecided") for h in hs.values()):
+            lines.append(f"{c}: replies no rule could read (lmms-eval would ask a GPT judge; scored 0 here): " +
+                         ", ".join(f"{LABELS[m] or label} {h['undecided']}" for m, h in hs.items()) + ".")
     return "\n".join(lines)
 
 
@@ -320,6 +343,7 @@ def main(argv=None) -> dict | None:
     common.seed_everything(args.seed)
     vlm = load(args, local_rank, world)
     view = prompts.apply_style(vlm, args.prompt_style)
+    check_box(view, args)
     tag = f" [rank {rank}/{world}]" if world > 1 else ""
     described = {}
     for m in args.method_list:

@@ -118,3 +118,12 @@ def test_torchrun_shards_merge_like_one_process(toy_root, tmp_path, monkeypatch)
     assert len(rank1.read_text().splitlines()) == len(lines)  # the killed rank resumed: one record re-run
     table, single = (json.loads((d / "paper_table.json").read_text()) for d in (two, tmp_path / "one"))
     assert table["cells"] == single["cells"] and table["table"] == one["table"]
+
+
+def test_pixel_boxes_need_the_pixel_style(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    F.write("refcoco", tmp_path / "data" / "refcoco")
+    argv = ["--model", "zoo:qwen2_5_vl", "--data-root", str(tmp_path / "data"), "--benchmarks", "refcoco:val",
+            "--methods", "plain", "--box", "qwen2.5-vl", "--out", str(tmp_path / "out"), "--no-progress"]
+    with pytest.raises(InputError, match="add --prompt-style qwen2.5-vl"):
+        paper_table.main(argv)

@@ -235,7 +235,6 @@ class BoxConvention:
 BOX_CONVENTIONS = {c.name: c for c in (
     BoxConvention("unit"),                                           # lmms-eval
     BoxConvention("qwen2.5-vl", (28, 1280 * 28 * 28, 16384 * 28 * 28)),  # VLMEvalKit's pixel bounds
-    BoxConvention("qwen2.5-vl-hf", (28, 56 * 56, 28 * 28 * 1280)),   # the HF processor's default bounds
 )}
 
 
