@@ -18,6 +18,6 @@ from interp.data.scoring import (
 
 __all__ = [
     "Sample", "as_sample", "load_samples", "load_jsonl", "load_hf_dataset", "benchmark", "open_benchmark",
-    "BENCHMARKS", "STYLES", "apply_style", "score", "normalize_answer", "exact_match", "extract_choice", "multiple_choice",
-    "vqa_accuracy", "box_iou", "rec_iou",
+    "BENCHMARKS", "STYLES", "apply_style", "score", "normalize_answer", "exact_match", "extract_choice",
+    "multiple_choice", "vqa_accuracy", "box_iou", "rec_iou",
 ]
