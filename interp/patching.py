@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
-from .interventions import Intervention, intervene
+from .engine import EditOutput, Intervention, intervene
+from .engine.core import describe
+from .engine.plan import layer_tuple
 
 SITES = ("resid", "attn_out", "mlp_out")
 
@@ -20,15 +22,18 @@ class Record(Intervention):
     layers: tuple = ()
     name: str = "record"
 
-    def prepare(self, ctx):
+    def __post_init__(self):
         if self.site not in SITES:
             raise InputError(f"site must be one of {SITES}, got {self.site!r}")
+        object.__setattr__(self, "layers", layer_tuple(self.layers, self.name))
+
+    def prepare(self, ctx):
         ctx.scratch(self).clear()
 
-    def output_sites(self, ctx):
-        return {(self.site, int(l)) for l in self.layers}
+    def edits(self, ctx):
+        return [EditOutput(self.site, self.layers, self._record, start=0)]
 
-    def output(self, ctx, site, layer, value):
+    def _record(self, ctx, layer, value):
         if ctx.step == 0:
             ctx.scratch(self)[layer] = value.detach().clone()
 
@@ -48,9 +53,15 @@ class Patch(Intervention):
     source: object = None
     name: str = "patch"
 
-    def prepare(self, ctx):
+    def __post_init__(self):
         if self.site not in SITES:
             raise InputError(f"site must be one of {SITES}, got {self.site!r}")
+        layers = layer_tuple(self.layers, self.name)
+        if not layers:
+            raise InputError(f"{self.name}: layers is empty; name the layers to patch, e.g. layers=(3,)")
+        object.__setattr__(self, "layers", layers)
+
+    def prepare(self, ctx):
         if self.source is None:
             raise InputError("Patch needs a source: a Batch or saved activations {layer: [B, T, D]}")
         s = ctx.scratch(self)
@@ -66,20 +77,28 @@ class Patch(Intervention):
         if missing:
             raise InputError(f"Patch: source has no activations for layers {missing}")
         s["acts"] = acts
-        s["pos"] = ctx.batch.layout.group(self.positions).to(ctx.device)
+        T = ctx.prompt_layout.seq_len
+        s["pos"] = ctx.group(self.positions)[:, :T]
         s["n"] = int(s["pos"].sum())
+        if s["n"] == 0:
+            raise InputError(f"{self.name}: positions {describe(self.positions)} select no token; an intervention that "
+                             "does nothing is an error")
 
-    def output_sites(self, ctx):
-        return {(self.site, int(l)) for l in self.layers}
+    def edits(self, ctx):
+        first = ctx.scratch(self)["pos"].any(0).nonzero()
+        return [EditOutput(self.site, self.layers, self._patch, start=int(first[0]))]
 
-    def output(self, ctx, site, layer, value):
+    def _patch(self, ctx, layer, value):
         if ctx.step > 0:
             return None
         s = ctx.scratch(self)
-        src = s["acts"][layer].to(value.device, value.dtype)
+        src = ctx.rows(s["acts"][layer]).to(value.device, value.dtype)
+        if value.shape[1] != src.shape[1]:  # a pass after a reused prefix: the last Q positions
+            src = src[:, src.shape[1] - value.shape[1]:]
         if src.shape != value.shape:
             raise InputError(f"Patch: source activations {tuple(src.shape)} vs run {tuple(value.shape)} at layer {layer}")
-        return torch.where(s["pos"][..., None], src, value)
+        pos = s["pos"][:, s["pos"].shape[1] - value.shape[1]:]
+        return torch.where(pos[..., None], src, value)
 
     def finish(self, ctx):
         return {"positions": ctx.scratch(self)["n"], "layers": list(self.layers)}

@@ -149,7 +149,10 @@ def test_aif_edge_cases_and_errors():
     with pytest.raises(InputError):
         interp.AIF(criterion="best")
     g = interp.intervene(vlm, interp.AIF()).generate(b, max_new_tokens=2, do_sample=False, repetition_penalty=1.1)
-    assert not g.diagnostics["aif"]["reuse"] and "generate options" in g.diagnostics["aif"]["reuse_reason"]
+    assert g.diagnostics["aif"]["reuse"]  # generation options no longer cost the prefix
+    rec = interp.Patch("resid", (0,), "all", b)
+    g = interp.intervene(vlm, interp.AIF(), rec).generate(b, max_new_tokens=2)
+    assert not g.diagnostics["aif"]["reuse"] and "patch must see position 0" in g.diagnostics["aif"]["reuse_reason"]
 
 
 def test_aif_bf16_is_nan_free():

@@ -6,7 +6,6 @@ import torch
 from transformers import AttentionInterface
 
 import interp
-from interp.attention.capture import query_group
 from interp.errors import InputError
 
 from conftest import ARCHS, batch, float_mask, reference_logits, zoo
@@ -28,7 +27,7 @@ def loop_stats(A, layout, queries, heads):
     """Plain per-row loop over the oracle attentions: (ratio [L, B], vmax [L, B, Nv] padded NaN, ent [L, B])."""
     L, B = A.shape[:2]
     Nv = int(layout.num_vision.max())
-    qg = query_group(layout, queries)
+    qg = layout.group(queries)
     ratio = torch.full((L, B), float("nan"))
     vmax = torch.full((L, B, Nv), float("nan"))
     vmean = torch.full((L, B, Nv), float("nan"))
@@ -193,7 +192,7 @@ def test_edge_mask_generate_matches_uncached_reference(arch, layers):
 def test_edge_mask_bf16_and_vision_to_vision_untouched():
     vlm = zoo("llava")
     b = batch(vlm, 2)
-    st_plain = interp.capture(vlm, b, queries="text")
+    st_plain = interp.capture(vlm, b, queries="after_image")
     m = interp.EdgeMask("question", "vision")
     st = interp.capture(vlm, b, queries="question", interventions=(m,))
     assert torch.nan_to_num(st.vision_max).abs().max() == 0  # cut edges are exactly zero
@@ -333,9 +332,11 @@ def test_patch_all_positions_reproduces_clean_and_nothing_reproduces_corrupt():
     last = vlm.num_layers - 1
     p = interp.Patch("resid", (last,), "all", clean)
     assert torch.equal(interp.intervene(vlm, p).forward(corrupt).logits, c_logits)
-    none = torch.zeros(corrupt.layout.shape, dtype=torch.bool)
-    p0 = interp.Patch("resid", (1,), none, clean)
+    p0 = interp.Patch("resid", (1,), "all", corrupt)  # patching a run with itself is the identity
     assert torch.equal(interp.intervene(vlm, p0).forward(corrupt).logits, k_logits)
+    none = torch.zeros(corrupt.layout.shape, dtype=torch.bool)
+    with pytest.raises(interp.InterpError, match=r"bool tensor \[2, \d+\] select no token"):
+        interp.intervene(vlm, interp.Patch("resid", (1,), none, clean)).forward(corrupt)
     for site in ("attn_out", "mlp_out"):
         out = interp.intervene(vlm, interp.Patch(site, (1,), "vision", clean)).forward(corrupt).logits
         assert not torch.equal(out, k_logits)

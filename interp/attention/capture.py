@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..engine.plan import layer_tuple
 from ..errors import InputError
-from ..interventions import Intervention, intervene
+from ..engine import Intervention, ReadProbs, intervene
+from ..engine.core import describe
 
 HEADS = ("mean", "max", "none")
 
@@ -78,20 +80,12 @@ def reduce_rows(p: torch.Tensor, rowsel: torch.Tensor, vpos: torch.Tensor, heads
     return {"vision_max": vmax, "vision_mean": vmean, "vision_ratio": ratio, "vision_entropy": ent}
 
 
-def query_group(layout, queries) -> torch.Tensor:
-    """Resolve `queries` ("question", "last", "text", "answer", bool [B, T], callable) to bool [B, T]."""
-    if isinstance(queries, str) and queries == "text":
-        # every non-vision token that can see an image: after the first vision token
-        first = torch.where(layout.vision.any(1), layout.vision.int().argmax(1), torch.full((layout.batch_size,), 10**9))
-        return layout.text & (torch.arange(layout.seq_len)[None] > first[:, None])
-    return layout.group(queries)
-
-
 @dataclass(frozen=True, eq=False)
 class Capture(Intervention):
     """Record per-layer text→vision attention statistics (diagnostics key `name`, value `AttentionStats`).
 
-    queries: "question" | "last" | "text" | "answer" | bool [B, T] | callable; heads: "mean" | "max" | "none";
+    queries: a token group (`interp.layout.GROUPS`: "question" = the question's own tokens, "after_image",
+    "last", ...), a bool [B, T] tensor or a callable; heads: "mean" | "max" | "none";
     layers: None = all; keep_probs: keep the selected rows' full probabilities; during generate each decode
     step's new token is captured too.
     """
@@ -101,30 +95,37 @@ class Capture(Intervention):
     layers: tuple | None = None
     keep_probs: bool = False
     name: str = "capture"
-    reads_probs = True
 
     def __post_init__(self):
         if self.heads not in HEADS:
             raise InputError(f"heads must be one of {HEADS}, got {self.heads!r}")
+        if self.layers is not None:
+            layers = layer_tuple(self.layers, "capture")
+            if not layers:
+                raise InputError("capture: layers is empty; use None for all layers")
+            object.__setattr__(self, "layers", layers)
 
     def _layers(self, ctx):
         L = ctx.vlm.num_layers
-        return list(range(L)) if self.layers is None else sorted(int(l) for l in self.layers)
+        return list(range(L)) if self.layers is None else sorted(l % L for l in layer_tuple(self.layers, self.name, L))
 
     def prepare(self, ctx):
         s = ctx.scratch(self)
         s.clear()
-        qg = query_group(ctx.batch.layout, self.queries)
+        T = ctx.prompt_layout.seq_len
+        qg = ctx.group(self.queries).cpu()[:, :T]
         if not qg.any():
-            raise InputError(f"capture: query group {self.queries!r} selects no token in any row")
+            raise InputError(f"capture: query group {describe(self.queries)} selects no token in any row")
         s["qg"] = qg.to(ctx.device)
-        s["vpos"] = ctx.batch.layout.vision_positions().to(ctx.device)
+        s["vpos"] = ctx.layout.vision_positions().to(ctx.device)
         s["prefill"], s["steps"] = {}, {}
 
-    def attention_layers(self, ctx):
-        return set(self._layers(ctx))
+    def edits(self, ctx):
+        first = ctx.scratch(self)["qg"].any(0).nonzero()
+        return [ReadProbs(layers=tuple(self._layers(ctx)), fn=self._read, start=int(first[0]))]
 
-    def read(self, ctx, call):
+    def _read(self, call):
+        ctx = call.ctx
         s = ctx.scratch(self)
         if ctx.step == 0:
             qg = s["qg"]  # [B, T] prompt positions
@@ -139,9 +140,6 @@ class Capture(Intervention):
             p = call.probs(torch.tensor([call.Q - 1], device=call.q.device))
             stats = reduce_rows(p, rowsel, s["vpos"], self.heads)
             s["steps"].setdefault(ctx.step, {})[call.layer] = stats["vision_max"].detach().cpu()
-
-    def prefix_ok(self, ctx, length):
-        return not bool(query_group(ctx.batch.layout, self.queries)[:, :length].any())
 
     def finish(self, ctx) -> AttentionStats:
         s = ctx.scratch(self)
@@ -167,7 +165,6 @@ def capture(vlm, batch, *, layers=None, queries="question", heads="mean", keep_p
 
     Other `interventions` (e.g. an `EdgeMask`) run alongside; capture sees the attention they produce.
     """
-    cap = Capture(queries=queries, heads=heads, layers=tuple(layers) if layers is not None else None,
-                  keep_probs=keep_probs)
+    cap = Capture(queries=queries, heads=heads, layers=layers, keep_probs=keep_probs)
     out = intervene(vlm, *interventions, cap).forward(batch)
     return out.diagnostics[cap.name]

@@ -3,12 +3,15 @@ probabilities at chosen layers, re-apply the visibility mask, renormalise (VIF's
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..errors import InputError
-from ..interventions import Intervention
+from ..engine import EditProbs, Intervention
+from ..engine.core import describe
+from ..engine.plan import layer_tuple
+from ..errors import InputError, SiteError
 
 MODES = ("convex", "additive")
 
@@ -36,7 +39,7 @@ class InjectAttention(Intervention):
 
     weights: [B, Nk] (a distribution over each row's selected keys, in sequence order), [B, Q, Nk], or a
     callable `(ctx, call) → [B, Nk]` evaluated at the call (VIF computes it from earlier layers).
-    `decode`: also inject during decode steps (False = prefill only).
+    `decode`: also inject during decode steps (False = prefill only). alpha in [0, 1] for convex.
     """
 
     layers: tuple = ()
@@ -51,39 +54,87 @@ class InjectAttention(Intervention):
     def __post_init__(self):
         if self.mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not self.layers:
+        layers = layer_tuple(self.layers, self.name)
+        if not layers:
             raise InputError("InjectAttention needs at least one layer")
-        if self.weights is None:
+        object.__setattr__(self, "layers", layers)
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0 or (
+                self.mode == "convex" and a > 1):
+            rng = "[0, 1]" if self.mode == "convex" else "≥ 0"
+            raise InputError(f"InjectAttention alpha must be a number in {rng} for mode={self.mode!r}, got {a!r}")
+        w = self.weights
+        if w is None:
             raise InputError("InjectAttention needs weights: a [B, Nk] tensor or a callable (ctx, call) → [B, Nk]")
+        if not callable(w):
+            if not isinstance(w, torch.Tensor):
+                raise InputError(f"InjectAttention weights must be a torch tensor [B, Nk] or [B, Q, Nk] (or a "
+                                 f"callable), got {type(w).__name__}; use torch.tensor(...)")
+            check_weights(w, self.name)
 
     def prepare(self, ctx):
-        from .masks import _group
-
         s = ctx.scratch(self)
-        s["q"], s["k"] = _group(ctx, self.queries), _group(ctx, self.keys)
+        s["q"], s["k"] = ctx.group(self.queries), ctx.group(self.keys)
         if not (s["q"].any(1) & s["k"].any(1)).any():
-            raise InputError(f"{self.name}: no row has both a {self.queries!r} query and a {self.keys!r} key")
+            raise InputError(f"{self.name}: no row has both a {describe(self.queries)} query and a {describe(self.keys)} key")
+        if not callable(self.weights):
+            s["w"] = self._fit(ctx, self.weights.to(ctx.device), s["k"])
         s["applied"] = []
 
-    def attention_layers(self, ctx):
-        return set(int(l) for l in self.layers) if float(self.alpha) != 0.0 else set()
+    def _fit(self, ctx, w, keys):
+        """Check weights against the batch and repeat them for HF's batch expansion."""
+        B, nk = len(ctx.batch), int(keys.sum(1).max())
+        if w.shape[0] != B:
+            raise InputError(f"{self.name}: weights have {w.shape[0]} rows but the batch has {B}; give one row "
+                             f"of weights per batch row, shape [{B}, {nk}]")
+        if w.shape[-1] != nk:
+            raise InputError(f"{self.name}: weights have {w.shape[-1]} entries per row but the key group "
+                             f"{describe(self.keys)} selects {nk} tokens (the longest row); shape [{B}, {nk}]")
+        if w.dim() == 3 and w.shape[1] != ctx.prompt_layout.seq_len:
+            raise InputError(f"{self.name}: [B, Q, Nk] weights need Q = {ctx.prompt_layout.seq_len} (the prompt "
+                             f"length), got {w.shape[1]}")
+        return ctx.rows(w)
 
-    def attention(self, ctx, call):
-        if ctx.step > 0 and not self.decode:
-            return
+    def edits(self, ctx):
+        if float(self.alpha) == 0.0:
+            return []  # a no-op by definition: bit-identical to the plain model
+        s = ctx.scratch(self)
+        qsel = s["q"].any(0).nonzero()
+        per_query = not callable(self.weights) and self.weights.dim() == 3  # tied to the full prompt's rows
+        start = 0 if per_query or not len(qsel) else int(qsel[0])
+        return [EditProbs(layers=self.layers, fn=self._apply, start=start, decode=self.decode)]
+
+    def _apply(self, call, p, vis):
+        ctx = call.ctx
         s = ctx.scratch(self)
         rows, cols = call.rows(s["q"]), call.cols(s["k"])
-        w = self.weights(ctx, call) if callable(self.weights) else self.weights
-        w = w.to(call.q.device)
+        if callable(self.weights):
+            w = self.weights(ctx, call)
+            check_weights(w, self.name)
+            w = self._fit(ctx, w.to(call.q.device), s["k"]) if w.shape[0] != call.B else w.to(call.q.device)
+        else:
+            w = s["w"]
+            if w.dim() == 3 and w.shape[1] != call.Q:
+                raise SiteError(f"{self.name}: [B, Q, Nk] weights cover the {w.shape[1]} prompt rows but this pass "
+                                f"has {call.Q} query rows; use [B, Nk] weights or decode=False")
         full = _scatter_keys(w, cols)
-        call.inject(lambda p, vis: inject_probs(p, rows, cols, full.to(p.dtype), vis, float(self.alpha), self.mode))
         s["applied"].append((ctx.step, call.layer))
-
-    def prefix_ok(self, ctx, length):
-        return callable(self.weights) or self.weights.dim() == 2  # per-key weights do not depend on Q
+        return inject_probs(p, rows, cols, full.to(p.dtype), vis, float(self.alpha), self.mode)
 
     def finish(self, ctx):
         return {"applied": list(ctx.scratch(self)["applied"])}
+
+
+def check_weights(w: torch.Tensor, name: str) -> None:
+    """Weights are finite and non-negative, [B, Nk] or [B, Q, Nk]."""
+    if w.dim() not in (2, 3):
+        raise InputError(f"{name}: weights must be [B, Nk] or [B, Q, Nk], got shape {tuple(w.shape)}")
+    if not w.is_floating_point():
+        raise InputError(f"{name}: weights must be a float tensor, got dtype {w.dtype}")
+    if not bool(torch.isfinite(w).all()):
+        raise InputError(f"{name}: weights contain NaN or inf; give finite, non-negative weights")
+    if bool((w < 0).any()):
+        raise InputError(f"{name}: weights must be non-negative (a distribution over keys), min is {float(w.min()):.3g}")
 
 
 def _scatter_keys(w: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -1,26 +1,29 @@
 """Edge masks: cut attention from a query group to a key group.
 
-All layers (`layers=None`) → one `and_mask_function` at the mask builder per forward (fast under SDPA);
-a subset of layers → the mask is edited at those layers' attention calls. Blocked edges get
-`torch.finfo(dtype).min` (never a bool mask added as 0/1 under eager).
+All layers (`layers=None`) → one cut of the mask the model builds per forward (fast under SDPA); a subset of
+layers → the mask is edited at those layers' attention calls. Cut edges get `torch.finfo(dtype).min` under
+eager (never a bool mask added as 0/1) and False under SDPA.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from ..engine import Cut, Intervention
+from ..engine.core import describe
+from ..engine.plan import layer_tuple
 from ..errors import InputError
-from ..interventions import Intervention
 
 
 @dataclass(frozen=True, eq=False)
 class EdgeMask(Intervention):
-    """Block attention from `queries` to `keys` (groups: "vision", "text", "question", "generated", "last",
-    "answer", "all", a bool [B, T] tensor, or a callable of the layout) in `layers` (None = all).
+    """Block attention from `queries` to `keys` (token groups: "vision", "text", "question", "generated",
+    "last", "answer", "all", a bool [B, T] tensor, or a callable of the layout) in `layers` (None = all; an
+    int is one layer).
 
     Generated tokens belong to "text" and "generated". `EdgeMask("text", "vision")` blinds the model.
+    Diagnostics: queries [B], keys [B] (selected token counts), layers, edges_per_layer [B] (causal
+    (query, key) pairs cut per layer, over the planned positions).
     """
 
     queries: object = "text"
@@ -28,39 +31,24 @@ class EdgeMask(Intervention):
     layers: tuple | None = None
     name: str = "edge_mask"
 
-    def edges(self, ctx):
-        q = _group(ctx, self.queries)
-        k = _group(ctx, self.keys)
-        cut = int((q.sum(1) * k.sum(1)).sum())
-        if cut == 0:
-            raise InputError(f"{self.name}: EdgeMask({self.queries!r}, {self.keys!r}) selects no edge in this "
-                             "batch; an intervention that does nothing is an error")
-        ctx.scratch(self)["n"] = (q.sum(1), k.sum(1))
-        return [(q, k)]
+    def __post_init__(self):
+        if self.layers is not None:
+            layers = layer_tuple(self.layers, self.name)
+            if not layers:
+                raise InputError(f"{self.name}: layers is empty; use None for all layers")
+            object.__setattr__(self, "layers", layers)
 
-    def edge_layers(self, ctx):
-        if self.layers is None:
-            return None
-        layers = tuple(int(l) for l in self.layers)
-        if not layers:
-            raise InputError(f"{self.name}: layers is empty; use None for all layers")
-        return layers
-
-    def prefix_ok(self, ctx, length):
-        return True  # masks are functions of absolute positions
+    def edits(self, ctx):
+        q, k = ctx.group(self.queries), ctx.group(self.keys)
+        n = (k.long().cumsum(1) * q).sum(1)  # causal edges: each query sees the keys at or before it
+        if not bool(n.any()):
+            raise InputError(f"{self.name}: EdgeMask({describe(self.queries)}, {describe(self.keys)}) selects no edge in this "
+                             "batch (a group is empty, or every selected key comes after every selected query); "
+                             "an intervention that does nothing is an error")
+        ctx.scratch(self)["n"] = (q.sum(1), k.sum(1), n)
+        return [Cut(q, k, self.layers)]
 
     def finish(self, ctx):
-        nq, nk = ctx.scratch(self)["n"]
-        L = ctx.vlm.num_layers if self.layers is None else len(tuple(self.layers))
-        return {"queries": nq.cpu(), "keys": nk.cpu(), "layers": L,
-                "edges_per_layer": (nq * nk).cpu()}
-
-
-def _group(ctx, g) -> torch.Tensor:
-    """Group over prompt + generated positions ([B, T+N]); tensors given for the prompt are padded."""
-    lay = ctx.layout
-    if isinstance(g, torch.Tensor) and g.shape[1] == ctx.batch.layout.seq_len and lay.seq_len > g.shape[1]:
-        g = torch.cat([g.cpu(), torch.zeros(g.shape[0], lay.seq_len - g.shape[1], dtype=torch.bool)], dim=1)
-    if callable(g) and not isinstance(g, torch.Tensor):
-        g = g(lay)
-    return lay.group(g).to(ctx.device)
+        nq, nk, n = ctx.scratch(self)["n"]
+        L = ctx.vlm.num_layers if self.layers is None else len(self.layers)
+        return {"queries": nq.cpu(), "keys": nk.cpu(), "layers": L, "edges_per_layer": n.cpu()}

@@ -45,6 +45,20 @@ def apply_block(mask, blocked: torch.Tensor, q_len: int, k_len: int, batch: int)
     return m.masked_fill(blocked[:, None], torch.finfo(m.dtype).min)
 
 
+def cut_mask(mask, cut: torch.Tensor, q_pos: torch.Tensor, k_len: int, dtype: torch.dtype):
+    """The mask builder's output with `cut` `[B, Q, K]` (True = cut) removed, in its own convention: None (SDPA,
+    causal by flag) becomes a bool `[B, 1, Q, K]`, bool stays bool (True = attend), float gets finfo.min.
+    q_pos: [Q] absolute query positions."""
+    B = cut.shape[0]
+    if mask is None:
+        causal = q_pos[:, None] >= torch.arange(k_len, device=cut.device)[None, :]
+        return (causal[None] & ~cut)[:, None]
+    m = mask.expand(B, *mask.shape[1:]) if mask.shape[0] == 1 and B > 1 else mask
+    if m.dtype == torch.bool:
+        return m & ~cut[:, None]
+    return m.masked_fill(cut[:, None], torch.finfo(m.dtype).min)
+
+
 def visible(mask, q_len: int, k_len: int, batch: int, device) -> torch.Tensor:
     """[B, Q, K] bool: which edges the attention call's mask lets through."""
     if mask is None:

@@ -14,6 +14,7 @@ changes, so the profiling pass's KV cache for that prefix is what the answer pas
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import nnsight
@@ -21,17 +22,20 @@ import torch
 
 from ..attention.capture import Capture
 from ..errors import InputError
-from ..interventions import Intervention, Prefix, intervene
+from ..layout import GROUPS
+from ..engine import Cut, Intervention, Prefix, TapInputs, intervene
+from ..engine.core import describe
+from ..engine.plan import layer_tuple
 from . import aif_math
 
-QUERIES = ("question", "after_image")
 
 
 @dataclass(frozen=True, eq=False)
 class AIF(Intervention):
     """Adaptive Information Flow.
 
-    queries: rows defining the token dynamics: "question" (paper default), "after_image" (question + answer),
+    queries: rows defining the token dynamics: "question" (the question's own tokens: the paper's instruction
+        tokens, default), "after_image" (question + template + answer), any group of `interp.layout.GROUPS`,
     or a bool [B, T] tensor; heads: "mean" | "max" (how heads are combined in d); layers: where the mask
     applies (None = every layer); ratios: candidate mask ratios; criterion: "paper" (argmax_r |S(r) − S0|) or
     "normalized" (entropies / log n); max_ratio: cap on the ratio; reuse_prefix: reuse the profiling pass's KV
@@ -56,9 +60,17 @@ class AIF(Intervention):
             raise InputError(f"AIF heads must be 'mean' or 'max', got {self.heads!r}")
         if self.criterion not in ("paper", "normalized"):
             raise InputError(f"AIF criterion must be 'paper' or 'normalized', got {self.criterion!r}")
-        if isinstance(self.queries, str) and self.queries not in QUERIES:
-            raise InputError(f"AIF queries must be one of {QUERIES} or a bool [B, T] tensor, got {self.queries!r}")
+        if isinstance(self.queries, str) and self.queries not in GROUPS:
+            raise InputError(f"AIF queries must be a token group ({', '.join(GROUPS)}) or a bool [B, T] tensor, "
+                             f"got {describe(self.queries)}")
+        if isinstance(self.ratios, (int, float)) and not isinstance(self.ratios, bool):
+            object.__setattr__(self, "ratios", (float(self.ratios),))  # one ratio
         aif_math._check_ratios(self.ratios, self.max_ratio)
+        if self.layers is not None:
+            layers = layer_tuple(self.layers, self.name)
+            if not layers:
+                raise InputError("AIF layers is empty: the mask would apply nowhere; use None for every layer")
+            object.__setattr__(self, "layers", layers)
 
     # ----------------------------------------------------------------- profiling
     def prepare(self, ctx):
@@ -68,89 +80,93 @@ class AIF(Intervention):
         lay = batch.layout
         if not lay.vision.any(1).all():
             raise InputError("AIF needs at least one vision token in every row")
-        queries = lay.question | lay.answer if self.queries == "after_image" else self.queries
+        queries = self.queries
         T = lay.seq_len
         last_vision = T - 1 - lay.vision.flip(1).int().argmax(1)  # [B]
         P = int(last_vision.min()) + 1
         reuse, reason = self._reuse(ctx, P)
         cap = Capture(queries=queries, heads=self.heads, name="aif_profile")
-        ivs = (cap, _PrefixTap()) if reuse else (cap,)
-        run = intervene(vlm, *ivs)
-        pos = vlm.generation_positions(batch)
-        out = run.forward(batch, inputs={} if pos is None else {"position_ids": pos}, return_cache=reuse)
+        tap = _EmbedsTap()
+        ivs = (cap, tap) if reuse else (cap,)
+        extra = {"position_ids": ctx.inputs["position_ids"]} if "position_ids" in ctx.inputs else {}
+        out = intervene(vlm, *ivs).forward(batch, inputs=extra, return_cache=reuse)
         stats = out.diagnostics[cap.name]
         d = stats.vision_max.permute(1, 0, 2)  # [B, L, Nv]
         valid = lay.vision_valid().to(d.device)
         mu, ent = aif_math.token_stats(d, valid)
         choice = aif_math.choose_ratio(mu, ent, ratios=self.ratios, criterion=self.criterion,
                                        max_ratio=self.max_ratio, valid=valid)
-        # masked vision tokens → a key group over prompt (+ generated) positions
+        # masked vision tokens → a key group over the run's positions (prompt + generated, rows expanded)
         vpos = lay.vision_positions()
-        masked = torch.zeros(ctx.layout.shape, dtype=torch.bool)
-        cut = valid & ~choice.kept.cpu()
+        masked = torch.zeros(lay.shape, dtype=torch.bool)
+        cut = valid.cpu() & ~choice.kept.cpu()
         rows = torch.arange(lay.batch_size)[:, None].expand_as(vpos)
         masked[rows[cut], vpos[cut]] = True
-        after = torch.arange(ctx.layout.seq_len)[None] > last_vision[:, None]
-        qgroup = ctx.layout.text & after
-        s["edges"] = [(qgroup.to(ctx.device), masked.to(ctx.device))] if masked.any() else []
-        s["diag"] = {"ratio": choice.ratio, "kept": choice.kept.cpu(), "mu": mu.cpu(), "entropy": ent.cpu(),
-                     "S0": choice.S0, "S": choice.S, "ratios": choice.ratios, "n_masked": choice.n_masked,
-                     "d": d.cpu(), "criterion": self.criterion, "reuse": reuse, "reuse_reason": reason,
-                     "prefix_length": P if reuse else 0}
+        keys = ctx.group(masked)
+        s["cut"] = (ctx.group("after_image"), keys) if masked.any() else None
+        per_row = {"ratio": choice.ratio, "kept": choice.kept.cpu(), "mu": mu.cpu(), "entropy": ent.cpu(),
+                   "S0": choice.S0, "S": choice.S, "n_masked": choice.n_masked, "d": d.cpu()}
+        s["diag"] = {**{k: ctx.rows(torch.as_tensor(v)) for k, v in per_row.items()}, "ratios": choice.ratios,
+                     "criterion": self.criterion,
+                     "queries": self.queries if isinstance(self.queries, str) else describe(self.queries)}
+        s["reason"] = reason
         if reuse:
-            tap = out.diagnostics["prefix_tap"]
             cache = out.cache
             cache.crop(-(T - P))  # keep the first P positions; this transformers rejects a positive length
-            ctx.prefix = Prefix(cache=cache, length=P, embeds=tap["embeds"], positions=tap["positions"],
-                                logits=out.logits)
-        elif pos is not None and ctx.mode == "forward":
-            ctx.forward_kwargs["position_ids"] = pos  # the same positions as the profiling pass
+            s["prefix"] = Prefix(cache=cache, length=P, embeds=out.diagnostics[tap.name]["embeds"],
+                                 positions=out.diagnostics[tap.name]["positions"], logits=out.logits)
+            ctx.offer_prefix(s["prefix"])
 
     def _reuse(self, ctx, P):
         if not self.reuse_prefix:
             return False, "reuse_prefix=False"
         if ctx.vlm.remote:
-            return False, "remote model: the KV cache stays on the server"
-        gk = ctx.generate_kwargs
-        if gk.get("do_sample") or gk.get("num_beams", 1) > 1 or set(gk) - {"do_sample", "pad_token_id"}:
-            return False, f"generate options {sorted(gk)} need HF generate; prefix reuse decodes greedily"
-        others = [iv for iv in ctx.interventions if iv is not self]
-        bad = [iv.name for iv in others if not iv.prefix_ok(ctx, P)]
-        if bad:
-            return False, f"{bad} must see positions before {P}"
+            _warn_remote()
+            return False, "remote model: the KV cache stays on the server, so AIF runs two full passes"
         if P >= ctx.batch.layout.seq_len:
             return False, "no text after the image"
         return True, ""
 
     # ----------------------------------------------------------------- answer pass
-    def edges(self, ctx):
-        return ctx.scratch(self)["edges"]
-
-    def edge_layers(self, ctx):
-        if self.layers is None:
-            return None
-        return tuple(int(l) for l in self.layers)
-
-    def prefix_ok(self, ctx, length):
-        return True
+    def edits(self, ctx):
+        c = ctx.scratch(self)["cut"]
+        return [] if c is None else [Cut(c[0], c[1], self.layers)]
 
     def finish(self, ctx):
-        return dict(ctx.scratch(self)["diag"])
+        s = ctx.scratch(self)
+        used = s.get("prefix") is not None and ctx.prefix is s["prefix"]
+        reason = "" if used else (ctx.prefix_reason if s.get("prefix") is not None else s["reason"])
+        return {**s["diag"], "reuse": used, "reuse_reason": reason,
+                "prefix_length": s["prefix"].length if used else 0}
+
+
+_WARNED = []
+
+
+def _warn_remote():
+    if not _WARNED:
+        warnings.warn("AIF on a remote model cannot reuse the profiling pass's KV cache (it stays on the server): "
+                      "each AIF call runs two full passes", stacklevel=3)
+        _WARNED.append(True)
 
 
 @dataclass(frozen=True, eq=False)
-class _PrefixTap(Intervention):
-    """Records what the language model received (embeddings with image features merged, positions)."""
+class _EmbedsTap(Intervention):
+    """Records what the language model received: embeddings with image features merged, positions."""
 
     name: str = "prefix_tap"
 
     def prepare(self, ctx):
         ctx.scratch(self).clear()
 
-    def lm_inputs(self, ctx, args, kwargs):
+    def edits(self, ctx):
+        return [TapInputs(self._tap)]
+
+    def _tap(self, ctx, kwargs):
         s = ctx.scratch(self)
         s["embeds"] = nnsight.save(kwargs["inputs_embeds"])
-        s["positions"] = nnsight.save(kwargs["position_ids"])
+        pos = kwargs.get("position_ids")
+        s["positions"] = nnsight.save(pos) if pos is not None else None
 
     def finish(self, ctx):
         return dict(ctx.scratch(self))

@@ -59,7 +59,7 @@ def save_vif(vif, path, vlm, *, step: int | None = None, extra: dict | None = No
     d = _dir(path)
     state = {k: v.detach().cpu().contiguous() for k, v in vif.module.state_dict().items()}
     _atomic(d / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}))
-    queries = vif.queries if isinstance(vif.queries, str) else "text"
+    queries = vif.queries if isinstance(vif.queries, str) else "after_image"
     cfg = {
         "format": FORMAT, "version": VERSION,
         "cvae": asdict(vif.module.cfg),
@@ -141,6 +141,8 @@ def load_vif(path, vlm, **fields):
     check_identity(cfg.get("base_model", {}), vlm.identity(), _dir(path))
     module, cfg = load_module(path, device=vlm.device)
     saved = {k: v for k, v in cfg.get("vif", {}).items() if k in VIF_FIELDS}
+    if saved.get("queries") == "text":  # checkpoints before the token-group split: "text" meant after the image
+        saved["queries"] = "after_image"
     saved["pairs"] = tuple(tuple(p) for p in saved.get("pairs", ())) or None
     saved.update(fields)
     return VIF(module=module, **saved)

@@ -22,11 +22,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from interp.attention.capture import query_group
 from interp.attention.inject import _scatter_keys, inject_probs
-from interp.attention.masks import _group
 from interp.errors import InputError, SiteError
-from interp.interventions import Intervention
+from interp.engine import EditOutput, EditProbs, Intervention, repeat_layout
+from interp.engine.core import describe
 from interp.methods.vif.cvae import CVAE, VIFConfig
 from interp.methods.vif.gmm import GMMParams, gmm_entropy, gmm_volume, grid_points, render_gmm_points
 
@@ -162,8 +161,8 @@ class VIF(Intervention):
     sample: False = the prior mean (deterministic, default); True = z drawn from the prior (Eq. 1).
     positions: feed each vision token's (x, y) to the CVAE (our addition; False = reference behaviour, the
         CVAE then localises only from what the hidden states carry).
-    queries: the text-query rows that get the map ("text": every text token after the image, generated
-        tokens included; or any token group / bool [B, T]).
+    queries: the text-query rows that get the map ("after_image": question, template, answer and generated
+        tokens, the default; or any token group / bool [B, T]).
     training: teacher-forced training pass: z from the posterior (question + answer tokens, reparameterised
         sample) and the loss terms KL, entropy and volume in the diagnostics (graph attached).
 
@@ -179,7 +178,7 @@ class VIF(Intervention):
     decode: bool = False
     sample: bool = False
     positions: bool = True
-    queries: object = "text"
+    queries: object = "after_image"
     training: bool = False
     name: str = "vif"
 
@@ -266,6 +265,7 @@ class VIF(Intervention):
             raise InputError("VIF training needs teacher-forced answers in every row: "
                              "vlm.prepare(images, questions, answers=[...])")
         s["pairs"] = self._pairs(ctx)
+        lay = repeat_layout(lay, ctx.expand)  # HF generate's beams / return sequences
         coords = "centers" if self.normalize == "paper" else "reference"
         points, on_piece, valid = vision_geometry(lay, coords)
         s["points"], s["on_piece"], s["valid"] = points, on_piece, valid
@@ -273,23 +273,23 @@ class VIF(Intervention):
         s["qpos"] = _positions(lay.question)
         if self.training:
             s["qapos"] = _positions(lay.question | lay.answer)
-        # "text" = text after the first image (what can see it); other groups as EdgeMask resolves them
-        rows = query_group(ctx.layout, "text") if isinstance(self.queries, str) and self.queries == "text" \
-            else _group(ctx, self.queries).cpu()
+        rows = ctx.group(self.queries).cpu()
         if not bool((rows & ctx.layout.text).any()):
-            raise InputError(f"VIF: query group {self.queries!r} selects no text token")
+            raise InputError(f"VIF: query group {describe(self.queries)} selects no text token")
         s["rows"] = rows.to(ctx.device)
         s["cols"] = ctx.group("vision")
         s["maps"], s["mix"], s["terms"], s["applied"] = {}, {}, {}, []
 
-    def output_sites(self, ctx):
-        return {("resid", e) for e, _ in self._pairs(ctx)}
-
-    def attention_layers(self, ctx):
+    def edits(self, ctx):
+        s = ctx.scratch(self)
+        pairs = s["pairs"]
+        out = [EditOutput("resid", tuple(sorted({e for e, _ in pairs})), self._extract, start=0)]
         # alpha = 0 reads the maps (diagnostics) but never touches attention: bit-identical to the plain model
-        return {i for _, i in self._pairs(ctx)} if float(self.alpha) != 0.0 else set()
+        if float(self.alpha) != 0.0:
+            out.append(EditProbs(layers=tuple(i for _, i in pairs), fn=self._inject, start=0, decode=self.decode))
+        return out
 
-    def output(self, ctx, site, layer, value):
+    def _extract(self, ctx, layer, value):
         if ctx.step > 0:
             return None
         s = ctx.scratch(self)
@@ -319,9 +319,8 @@ class VIF(Intervention):
                                  gmm_volume(mix.sigmas, mix.weights).mean())
         return None
 
-    def attention(self, ctx, call):
-        if ctx.step > 0 and not self.decode:
-            return
+    def _inject(self, call, p, vis):
+        ctx = call.ctx
         s = ctx.scratch(self)
         e = dict((i, e) for e, i in s["pairs"])[call.layer]
         if e not in s["maps"]:
@@ -329,9 +328,8 @@ class VIF(Intervention):
                             "layer output site did not run")
         rows, cols = call.rows(s["rows"]), call.cols(s["cols"])
         w = _scatter_keys(s["maps"][e].to(call.q.device), cols)  # [B, K], NaN padding → 0
-        alpha = float(self.alpha)
-        call.inject(lambda p, vis: inject_probs(p, rows, cols, w.to(p.dtype), vis, alpha))
         s["applied"].append((ctx.step, call.layer))
+        return inject_probs(p, rows, cols, w.to(p.dtype), vis, float(self.alpha))
 
     def finish(self, ctx) -> dict:
         s = ctx.scratch(self)
