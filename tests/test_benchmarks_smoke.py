@@ -69,3 +69,15 @@ def test_aif_quick(tmp_path):
     assert set(d["raw_s"]) == {"plain", "aif", "aif_two_pass"}
     assert _finite_ratios(d["ratio"]) and _finite_ratios(d["paired_ratio"])
     assert "aif_time" in d["targets"] and isinstance(d["met"]["aif_time"], bool)
+
+
+def test_generate_quick(tmp_path):
+    from benchmarks import generate
+
+    out = tmp_path / "generate.json"
+    generate.main(["--quick", "--cases", "aif_beams2,long_edge", "--out", str(out)])
+    d = json.loads(out.read_text())
+    assert d["benchmark"] == "generate" and _environment_ok(d["environment"])
+    assert set(d["raw_s"]) == {"aif_beams2", "plain_aif_beams2", "long_edge", "plain_long_edge"}
+    assert _finite_ratios({k: v for k, v in d["paired_ratio"].items() if v is not None})
+    assert set(d["met"]) == {"aif_beams2", "long_edge", "long_edge_memory", "long_aif_memory"}
