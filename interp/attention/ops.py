@@ -3,6 +3,7 @@ query rows from q and k. No nnsight, no transformers: this code travels to a rem
 
 from __future__ import annotations
 
+import einops
 import torch
 
 
@@ -11,7 +12,7 @@ def repeat_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     hk = x.shape[1]
     if hk == n_heads:
         return x
-    return x.repeat_interleave(n_heads // hk, dim=1)
+    return einops.repeat(x, "b hk k d -> b (hk g) k d", g=n_heads // hk)  # each KV head serves g query heads
 
 
 def mask_bias(mask, q_len: int, k_len: int, dtype: torch.dtype, device, batch: int) -> torch.Tensor:
