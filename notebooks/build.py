@@ -67,17 +67,24 @@ def cells_for(name, limit, show):
     ]
 
 
-def write(name, cells):
+def write(name, cells, out=HERE):
     nb = nbf.v4.new_notebook()
     nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
+    for i, cell in enumerate(nb.cells):  # fixed ids: a rebuild changes only what changed
+        cell.id = f"{name}-{i}"
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbf.write(nb, os.path.join(HERE, f"{name}.ipynb"))
+    nbf.write(nb, os.path.join(out, f"{name}.ipynb"))
+
+
+def build(out=HERE):
+    """Write every notebook into `out`."""
+    write("tour", TOUR, out)
+    for name, (limit, show) in ANALYSES.items():
+        write(name, cells_for(name, limit, show), out)
 
 
 if __name__ == "__main__":
     import sys
 
     sys.path.insert(0, os.path.dirname(HERE))
-    write("tour", TOUR)
-    for name, (limit, show) in ANALYSES.items():
-        write(name, cells_for(name, limit, show))
+    build()
