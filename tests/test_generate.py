@@ -4,6 +4,7 @@ option × intervention × family. The toy model emits EOS after a word or two, s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import pytest
@@ -113,6 +114,7 @@ CASES = {
                lambda out, lay: {"inject": _inject_cfg(lay, lay.question, _rep(out, lay), (1,))}),
     "capture": (lambda vlm, b, c: (interp.Capture(),), None),
     "vif": (lambda vlm, b, c: (interp.VIF.build(vlm, alpha=0.5),), "vif"),
+    "patch": (lambda vlm, b, c: (interp.Patch("resid", (1,), "vision", c),), "patch"),
     "aif+inject": (lambda vlm, b, c: (interp.AIF(max_ratio=0.5),
                                       interp.InjectAttention((1,), "question", "vision", _weights(vlm, b))),
                    lambda out, lay: {**_aif_cuts(out, lay),
@@ -134,6 +136,43 @@ def _vif_oracle(out, lay, vif_iv):
     return {"inject": inject}
 
 
+def _layers(model):
+    return (model.model.language_model if hasattr(model.model, "language_model") else model.model.text_model).layers
+
+
+@contextlib.contextmanager
+def _patched(model, c, b, layer):
+    """Plain PyTorch forward hooks: record decoder layer `layer`'s output on `c`, then write it into the
+    prefill of `b`'s run at b's vision positions (prefill only, rows repeated for beams)."""
+    mod = _layers(model)[layer]
+    seen = {}
+
+    def record(m, args, out):
+        seen["acts"] = (out[0] if isinstance(out, tuple) else out).detach().clone()
+
+    h = mod.register_forward_hook(record)
+    with torch.no_grad():
+        model(**c.inputs)
+    h.remove()
+    T = b.input_ids.shape[1]
+
+    def write(m, args, out):
+        x = out[0] if isinstance(out, tuple) else out
+        if x.shape[1] != T:  # a decode step: Patch is prefill-only
+            return None
+        n = x.shape[0] // seen["acts"].shape[0]
+        src = seen["acts"].repeat_interleave(n, 0)
+        pos = b.layout.vision.repeat_interleave(n, 0)
+        x = torch.where(pos[..., None], src, x)
+        return (x, *out[1:]) if isinstance(out, tuple) else x
+
+    h = mod.register_forward_hook(write)
+    try:
+        yield
+    finally:
+        h.remove()
+
+
 def check(family, opt_name, case):
     vlm, pristine, cls, b, c = setup(family)
     opt = options(family, opt_name, vlm, pristine, b)
@@ -143,13 +182,16 @@ def check(family, opt_name, case):
     out = interp.intervene(vlm, *ivs).generate(b, max_new_tokens=N, **opt)
     lay = run_layout(b, opt)
     out._weights = _weights(vlm, b)
+    patch = contextlib.nullcontext()
     if oracle_kw is None:
         kw = {}
+    elif oracle_kw == "patch":
+        kw, patch = {}, _patched(pristine, c, b, 1)
     elif oracle_kw == "vif":
         kw = _vif_oracle(out, lay, ivs[0])
     else:
         kw = oracle_kw(out, lay)
-    with oracle(pristine, cls, **kw) as model:
+    with oracle(pristine, cls, **kw) as model, patch:
         torch.manual_seed(7)
         ref = model.generate(**b.inputs, max_new_tokens=N, **opt)
     ref_seq = ref if isinstance(ref, torch.Tensor) else ref.sequences
@@ -171,7 +213,7 @@ def test_toy_every_option(opt_name, case):
     check("toy", opt_name, case)
 
 
-@pytest.mark.parametrize("case", ["none", "blind", "edge_layer", "aif", "inject", "vif"])
+@pytest.mark.parametrize("case", ["none", "blind", "edge_layer", "aif", "inject", "vif", "patch"])
 @pytest.mark.parametrize("opt_name", FAMILY_OPTIONS)
 @pytest.mark.parametrize("family", ARCHS)
 def test_families(family, opt_name, case):
