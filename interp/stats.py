@@ -1,4 +1,5 @@
-"""Small, seeded statistics for accuracy tables: bootstrap and Wilson intervals, exact McNemar test."""
+"""Small, seeded statistics for accuracy tables and analyses: bootstrap (one- and two-sample) and Wilson intervals,
+exact McNemar test."""
 
 from __future__ import annotations
 
@@ -63,3 +64,21 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     if n == 0:
         return 1.0
     return float(binomtest(only_b, n, 0.5, alternative="two-sided").pvalue)
+
+
+def bootstrap_diff_ci(a, b, *, level: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a) − mean(b) for two independent samples ([Na], [Nb]; unpaired:
+    each is resampled on its own). Paired values: pass their differences to `bootstrap_ci` instead.
+    Either sample empty gives (nan, nan)."""
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if not 0 < level < 1:
+        raise InputError(f"bootstrap_diff_ci: level must be in (0, 1), got {level}")
+    if x.size == 0 or y.size == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    mx = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)  # [R]
+    my = y[rng.integers(0, y.size, size=(n_resamples, y.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(mx - my, [alpha, 1 - alpha])
+    return (float(lo), float(hi))

@@ -48,6 +48,7 @@ ANALYSES = {
     "oracle_masks": (40, "print(rec['table'])"),
     "vif_focus": (40, "print(rec['table'])"),
     "method_table": (40, "print(rec['table'])"),
+    "premises": (60, "print(rec['paragraph'])\nprint(rec['table'])"),
 }
 
 

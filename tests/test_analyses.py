@@ -10,7 +10,7 @@ import torch
 
 ANALYSES = ("vision_attention_ratio", "attenuation_violin", "attention_heatmaps", "mu_masking", "oracle_masks",
             "method_table", "vif_focus",
-            "aif_ratios", "token_dynamics")
+            "aif_ratios", "token_dynamics", "premises")
 ARGV = ["--model", "zoo:llava", "--data", "toy", "--limit", "2", "--no-progress"]
 
 
@@ -158,7 +158,8 @@ def test_report_model_section_reads_the_card(tmp_path):
         "accuracy_vision_blocked": {"spatial": {"acc": .5}}, "chance": {"spatial": .5, "position": .5}}}
     (tmp_path / "card.json").write_text(json.dumps(card))
     text = model_card_section(tmp_path / "card.json")
-    assert "1,234 parameters, 2 decoder layers" in text and "Notes from the card: a note." in text
+    assert "1,234 parameters, 2 decoder layers" in text and "the card's `notes`" in text
+    assert "a note." not in text  # the training history stays in the card
     assert "| spatial | 0.750 [0.300, 0.950] | left 0.50 · above 1.00 | 0.500 | 0.500 | yes |" in text
     assert "| position | 0.500 [0.200, 0.800] | – | nan | 0.500 | no (missed its target) |" in text
     assert "overall" not in text and model_card_section(tmp_path / "missing.json") == ""
