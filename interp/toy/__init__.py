@@ -5,8 +5,8 @@
     vlm = interp.toy.load()                                         # the shipped checkpoint (CPU, seconds)
 
 The checkpoint (`CHECKPOINT_DIR`) is a plain HF `LlavaForConditionalGeneration` + `LlavaProcessor`;
-its `model_card.json` records how it was trained and its held-out accuracy. Retrain with
-`python -m interp.toy.train --out DIR`.
+its `model_card.json` records how it was trained and its held-out accuracy. Retrain it with
+`python -m interp.toy.train --out DIR --recipe shipped` (the stages: `interp.toy.stages.SHIPPED`).
 """
 from __future__ import annotations
 
