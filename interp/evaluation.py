@@ -206,8 +206,9 @@ def evaluate(vlm, samples, *interventions, batch_size: int = 8, max_new_tokens: 
     seed: of the bootstrap intervals. desc: the progress bar's label.
     Returns the EvalResult over exactly `samples`, in their order (resumed records included).
     """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    for what, v in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"evaluate: {what} must be an int >= 1, got {v!r}")
     if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)):
         samples = load_samples(samples)
     samples = [as_sample(s, f"samples[{k}]") for k, s in enumerate(samples)]

@@ -30,6 +30,7 @@ image); vision tokens that cover no patch (LLaVA-NeXT's image-newline) belong to
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -76,6 +77,25 @@ class ImageLayout:
 
 
 GROUPS = ("vision", "text", "question", "template", "after_image", "answer", "last", "generated", "pad", "all")
+
+
+def check_group(g, what: str):
+    """Check a token group when an intervention is built (its shape against the batch is checked when the batch
+    is known): a name from `GROUPS`, a bool 2-D tensor `[B, T]`, or a callable of the layout. Returns `g`."""
+    if isinstance(g, str):
+        if g not in GROUPS:
+            close = difflib.get_close_matches(g, GROUPS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise InputError(f"{what}: unknown token group {g!r}; {hint}use one of {', '.join(GROUPS)}, a bool "
+                             "[B, T] tensor, or a callable of the layout")
+    elif isinstance(g, torch.Tensor):
+        if g.dtype != torch.bool or g.dim() != 2:
+            raise InputError(f"{what}: a token group tensor must be bool [B, T], got {str(g.dtype).replace('torch.', '')} "
+                             f"[{', '.join(map(str, g.shape))}]; use e.g. mask > 0 (or mask.bool())")
+    elif not callable(g):
+        raise InputError(f"{what}: a token group must be a name ({', '.join(GROUPS)}), a bool [B, T] tensor or a "
+                         f"callable of the layout, got {type(g).__name__}")
+    return g
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine.plan import layer_tuple
-from ..errors import InputError
+from ..errors import InputError, NoEffectError
+from ..layout import check_group
 from ..engine import Intervention, ReadProbs, intervene
 from ..engine.core import describe
 
@@ -98,7 +99,8 @@ class Capture(Intervention):
 
     def __post_init__(self):
         if self.heads not in HEADS:
-            raise InputError(f"heads must be one of {HEADS}, got {self.heads!r}")
+            raise InputError(f"capture heads must be one of {HEADS}, got {self.heads!r}")
+        check_group(self.queries, f"{self.name} queries")
         if self.layers is not None:
             layers = layer_tuple(self.layers, "capture")
             if not layers:
@@ -115,7 +117,8 @@ class Capture(Intervention):
         T = ctx.prompt_layout.seq_len
         qg = ctx.group(self.queries).cpu()[:, :T]
         if not qg.any():
-            raise InputError(f"capture: query group {describe(self.queries)} selects no token in any row")
+            raise NoEffectError(f"capture: query group {describe(self.queries)} selects no token in any row; "
+                                "capture rows that exist (e.g. queries='after_image')")
         s["qg"] = qg.to(ctx.device)
         s["vpos"] = ctx.layout.vision_positions().to(ctx.device)
         s["prefill"], s["steps"] = {}, {}

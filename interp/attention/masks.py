@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from ..engine import Cut, Intervention
 from ..engine.core import describe
 from ..engine.plan import layer_tuple
-from ..errors import InputError
+from ..errors import InputError, NoEffectError
+from ..layout import check_group
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,6 +33,8 @@ class EdgeMask(Intervention):
     name: str = "edge_mask"
 
     def __post_init__(self):
+        check_group(self.queries, f"{self.name} queries")
+        check_group(self.keys, f"{self.name} keys")
         if self.layers is not None:
             layers = layer_tuple(self.layers, self.name)
             if not layers:
@@ -42,7 +45,7 @@ class EdgeMask(Intervention):
         q, k = ctx.group(self.queries), ctx.group(self.keys)
         n = (k.long().cumsum(1) * q).sum(1)  # causal edges: each query sees the keys at or before it
         if not bool(n.any()):
-            raise InputError(f"{self.name}: EdgeMask({describe(self.queries)}, {describe(self.keys)}) selects no edge in this "
+            raise NoEffectError(f"{self.name}: EdgeMask({describe(self.queries)}, {describe(self.keys)}) selects no edge in this "
                              "batch (a group is empty, or every selected key comes after every selected query); "
                              "an intervention that does nothing is an error")
         ctx.scratch(self)["n"] = (q.sum(1), k.sum(1), n)

@@ -22,7 +22,7 @@ import torch
 
 from ..attention.capture import Capture
 from ..errors import InputError
-from ..layout import GROUPS
+from ..layout import check_group
 from ..engine import Cut, Intervention, Prefix, TapInputs, intervene
 from ..engine.core import describe
 from ..engine.plan import layer_tuple
@@ -60,11 +60,17 @@ class AIF(Intervention):
             raise InputError(f"AIF heads must be 'mean' or 'max', got {self.heads!r}")
         if self.criterion not in ("paper", "normalized"):
             raise InputError(f"AIF criterion must be 'paper' or 'normalized', got {self.criterion!r}")
-        if isinstance(self.queries, str) and self.queries not in GROUPS:
-            raise InputError(f"AIF queries must be a token group ({', '.join(GROUPS)}) or a bool [B, T] tensor, "
-                             f"got {describe(self.queries)}")
-        if isinstance(self.ratios, (int, float)) and not isinstance(self.ratios, bool):
-            object.__setattr__(self, "ratios", (float(self.ratios),))  # one ratio
+        check_group(self.queries, "AIF queries")
+        r = self.ratios.tolist() if isinstance(self.ratios, torch.Tensor) else self.ratios
+        r = [r] if isinstance(r, (int, float)) else r  # one ratio
+        if isinstance(r, (str, bytes, bool)) or not hasattr(r, "__iter__") or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in r):
+            raise InputError(f"AIF ratios must be a number or a tuple of numbers in (0, 1), got {self.ratios!r}; "
+                             "e.g. ratios=0.5 or ratios=(0.3, 0.5, 0.7)")
+        object.__setattr__(self, "ratios", tuple(float(x) for x in r))
+        m = self.max_ratio
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float))):
+            raise InputError(f"AIF max_ratio must be a number in (0, 1] or None, got {m!r}")
         aif_math._check_ratios(self.ratios, self.max_ratio)
         if self.layers is not None:
             layers = layer_tuple(self.layers, self.name)

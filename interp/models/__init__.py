@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..errors import InputError, SiteError, UnsupportedModelError
+from ..errors import CheckpointError, InputError, SiteError, UnsupportedModelError
 from ..layout import TokenLayout, after_last_image
 from .adapters import ADAPTERS, adapter_for, image_layouts, supported
+from .arguments import check_dir, device_of, dtype_of
 from .tokens import question_mask
 
 __all__ = ["VLM", "Batch", "load", "supported"]
@@ -19,17 +22,25 @@ __all__ = ["VLM", "Batch", "load", "supported"]
 
 @dataclass
 class Batch:
-    """Model inputs plus where each token came from. `inputs`: the dict the HF model takes."""
+    """Model inputs plus where each token came from. `inputs`: the dict the HF model takes. `made_by`: (key,
+    label) of the model + processor that prepared it (`VLM.batch_key`); a run on a model whose processor makes
+    other batches is refused."""
 
     inputs: dict
     layout: TokenLayout
     questions: tuple = ()
     answers: tuple | None = None
     images: tuple = field(default=(), repr=False)
+    made_by: tuple | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
         return self.inputs["input_ids"]
+
+    def to(self, device) -> "Batch":
+        """The same batch with its tensors on `device`."""
+        inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.inputs.items()}
+        return replace(self, inputs=inputs)
 
     def __len__(self) -> int:
         return self.layout.batch_size
@@ -86,6 +97,45 @@ class VLM:
         return {"architecture": type(self.hf).__name__, "hidden_size": int(tc.hidden_size),
                 "num_layers": int(self.num_layers)}
 
+    def weights_fingerprint(self) -> dict | None:
+        """A cheap, deterministic fingerprint of the base weights (None when they are not here: remote, meta).
+
+        For the input embedding and the output head: shape, dtype, a sha1 of 64 evenly spaced rows (as float32
+        bytes) and 16 of their values (to compare across dtypes). Tells two trainings of one architecture apart;
+        `VIF.load` checks it."""
+        out = {}
+        for name, mod in (("embed_tokens", self.hf.get_input_embeddings()), ("lm_head", self.hf.get_output_embeddings())):
+            w = getattr(mod, "weight", None)
+            if w is None or w.is_meta:
+                return None
+            idx = torch.linspace(0, w.shape[0] - 1, min(w.shape[0], 64)).round().long()
+            rows = w.detach()[idx.to(w.device)].float().cpu().contiguous()  # [64, D]
+            h = hashlib.sha1(str(tuple(w.shape)).encode())
+            h.update(rows.numpy().tobytes())
+            flat = rows.flatten()
+            sample = flat[torch.linspace(0, len(flat) - 1, 16).round().long()]
+            out[name] = {"shape": list(w.shape), "dtype": str(w.dtype).replace("torch.", ""),
+                         "sha1": h.hexdigest()[:16], "sample": [float(f"{v:.6g}") for v in sample.tolist()]}
+        return out
+
+    @property
+    def batch_key(self) -> tuple:
+        """(key, label): what a `Batch` depends on (tokenizer vocabulary, image processor settings, image token,
+        vision geometry), hashed; two checkpoints sharing all of it (LLaVA-1.5 7B and 13B) share batches."""
+        if getattr(self, "_batch_key", None) is None:
+            cfg = self.hf.config
+            vc = getattr(cfg, "vision_config", None)
+            geo = {k: getattr(o, k) for o in (cfg, vc) if o is not None for k in _GEOMETRY if hasattr(o, k)}
+            ip = getattr(self.processor, "image_processor", None)
+            parts = {"processor": type(self.processor).__name__, "image_token": self.image_token_id, "geometry": geo,
+                     "image_processor": ip.to_dict() if ip is not None and hasattr(ip, "to_dict") else None,
+                     "vocab": sorted(self.tokenizer.get_vocab().items())}
+            key = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            label = (f"{self.source or type(self.hf).__name__} ({type(self.processor).__name__}, "
+                     f"{len(parts['vocab'])}-token vocabulary, image token {self.image_token_id})")
+            self._batch_key = (key, label)
+        return self._batch_key
+
     # ------------------------------------------------------------------ inputs
     def prepare(self, images, questions, *, answers=None) -> Batch:
         """Images + questions (+ teacher-forced answers) → `Batch` (left-padded, ready for generate).
@@ -131,8 +181,10 @@ class VLM:
         tok.padding_side = "left"
         try:
             enc = self.processor(images=imgs_arg, text=prompts, padding=True, return_tensors="pt")
-        except (ValueError, IndexError) as e:
-            raise InputError(f"{type(self.processor).__name__} rejected the inputs: {e}") from e
+        except (ValueError, IndexError, TypeError, KeyError, RuntimeError) as e:
+            raise InputError(f"{type(self.processor).__name__} rejected the inputs ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); resize, crop or pad the image it names "
+                             "(size, aspect ratio), or check the row's question") from e
         finally:
             tok.padding_side = old_side
         enc = dict(enc)
@@ -163,7 +215,8 @@ class VLM:
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return Batch(inputs=inputs, layout=layout, questions=tuple(questions),
-                     answers=tuple(answers) if answers is not None else None, images=tuple(rows))
+                     answers=tuple(answers) if answers is not None else None, images=tuple(rows),
+                     made_by=self.batch_key)
 
     def generation_positions(self, batch: Batch):
         """position_ids as HF generate's prefill computes them (left padding: count from the first real token);
@@ -222,8 +275,10 @@ def _load_processor(path: str):
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-
-
+# config fields (top level or vision_config) that decide how many image tokens a batch holds
+_GEOMETRY = ("image_size", "patch_size", "spatial_merge_size", "temporal_patch_size", "num_channels",
+             "vision_feature_select_strategy", "vision_feature_layer", "image_seq_length", "scale_factor",
+             "image_grid_pinpoints")
 def load(source, *, processor=None, dtype=None, device=None, attn_implementation=None, remote=False,
          check=True) -> VLM:
     """Load a VLM from a hub id, a local `save_pretrained` directory, or a built transformers model.
@@ -238,6 +293,8 @@ def load(source, *, processor=None, dtype=None, device=None, attn_implementation
     """
     from nnsight.modeling.transformers import TransformersModel
 
+    dtype = dtype_of(dtype, isinstance(source, torch.nn.Module))
+    device = device_of(device)
     if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise InputError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS} (interp reads and edits "
                          f"attention at the attention call), got {attn_implementation!r}")
@@ -260,11 +317,16 @@ def load(source, *, processor=None, dtype=None, device=None, attn_implementation
                 "directory saved with save_pretrained, or (model, processor) already built")
         from transformers import AutoConfig, AutoModelForImageTextToText
 
+        if local:
+            check_dir(source, processor is None)
         try:
             cfg = AutoConfig.from_pretrained(source)
         except OSError as e:
             raise InputError(f"cannot load {source!r} ({e.__class__.__name__}); no network? pass a local "
                              "directory saved with save_pretrained") from None
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{source}/config.json is not a transformers config interp can read "
+                                  f"({str(e).splitlines()[0]}); re-save the model with save_pretrained") from None
         arch = (cfg.architectures or [""])[0]
         if arch not in supported():
             raise UnsupportedModelError(f"{arch or cfg.model_type} is not supported; interp has adapters for: "
@@ -275,13 +337,23 @@ def load(source, *, processor=None, dtype=None, device=None, attn_implementation
         kw = {"attn_implementation": attn_implementation or "sdpa"}
         if dtype is not None:
             kw["dtype"] = dtype
-        hf = AutoModelForImageTextToText.from_pretrained(source, **kw)
-        processor = processor or _load_processor(source)
+        try:
+            hf = AutoModelForImageTextToText.from_pretrained(source, **kw)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"cannot read the weights in {source} ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0]}); re-save the model with save_pretrained") from None
+        if processor is None:
+            try:
+                processor = _load_processor(source)
+            except (OSError, ValueError, TypeError, ImportError) as e:
+                raise CheckpointError(f"cannot load the processor from {source} ({type(e).__name__}: "
+                                      f"{str(e).splitlines()[0]}); save it with processor.save_pretrained "
+                                      "or pass processor=") from None
         adapter = adapter_for(hf)
         name = source
     else:
         raise InputError(f"source must be a hub id, a directory or a transformers model, got {type(source).__name__}")
-    if dtype is not None:
+    if dtype is not None and dtype != "auto":
         hf = hf.to(dtype)
     if device is not None:
         hf = hf.to(device)
