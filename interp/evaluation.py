@@ -36,6 +36,7 @@ from interp.data import aggregate
 from interp.data.loaders import load_samples
 from interp.data.schema import Sample, as_sample
 from interp.data.scoring import resolve_metric, score
+from interp.engine import intervene
 from interp.errors import InputError
 from interp.stats import bootstrap_ci, mcnemar_exact
 
@@ -191,7 +192,7 @@ def compare(a, b, *, seed: int = 0, level: float = 0.95, harness: bool = False) 
 # --- evaluate --------------------------------------------------------------------------------------------
 
 def evaluate(vlm, samples, *interventions, batch_size: int = 8, max_new_tokens: int = 8, out=None,
-             metric: str = "auto", progress: bool = True, runner=None, model_name: str | None = None,
+             metric: str = "auto", progress: bool = True, model_name: str | None = None,
              seed: int = 0, desc: str = "evaluate") -> EvalResult:
     """Generate an answer for every sample (under `interventions`) and score it.
 
@@ -200,8 +201,6 @@ def evaluate(vlm, samples, *interventions, batch_size: int = 8, max_new_tokens: 
     interventions: passed to `interp.intervene(vlm, *interventions)`; its `.generate(batch,
         max_new_tokens=...)` must return an object with `.texts` (one generated continuation per row).
     out: a results JSONL path (or a directory → `<dir>/results.jsonl`): streamed, resumable (module docstring).
-    runner: use this object's `.generate` instead of `interp.intervene(...)` (tests, custom pipelines); the
-        interventions are then only recorded in the file's metadata.
     model_name: the model's name in the metadata (default: read from `vlm`); resuming checks it.
     seed: of the bootstrap intervals. desc: the progress bar's label.
     Returns the EvalResult over exactly `samples`, in their order (resumed records included).
@@ -244,10 +243,7 @@ def evaluate(vlm, samples, *interventions, batch_size: int = 8, max_new_tokens: 
     pending = [(i, s) for i, s in zip(ids, samples) if i not in done]
     new: dict[str, dict] = {}
     if pending:
-        if runner is None:
-            import interp
-
-            runner = interp.intervene(vlm, *interventions)
+        runner = intervene(vlm, *interventions)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(samples), initial=len(samples) - len(pending), disable=not progress,

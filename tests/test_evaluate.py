@@ -10,13 +10,20 @@ import pytest
 from PIL import Image
 from scipy.stats import binomtest
 
-import interp
 from interp.data import Sample
 from interp.errors import InputError
+from interp import evaluation
 from interp.evaluation import Comparison, EvalResult, compare, evaluate
 from interp.stats import bootstrap_ci, mcnemar_exact, wilson_ci
 
 IMG = Image.new("RGB", (8, 8))
+
+
+def run_eval(vlm, samples, *interventions, runner, **kw):
+    """`evaluate` with its generation replaced by `runner` (a fake with `.generate(batch, max_new_tokens)`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluation, "intervene", lambda vlm, *ivs: runner)
+        return evaluate(vlm, samples, *interventions, **kw)
 
 
 class FakeVLM:
@@ -49,8 +56,7 @@ class FakeRun:
 
 
 def _patch_intervene(monkeypatch, fake):
-    # Through the module dict: getattr would first import the real (lazy) interp.intervene and nnsight.
-    monkeypatch.setitem(vars(interp), "intervene", fake)
+    monkeypatch.setattr(evaluation, "intervene", fake)
 
 
 def _samples(n=10, families=("color", "count")):
@@ -68,7 +74,7 @@ def _lines(path):
 def test_aggregation_and_records():
     samples = _samples(10)
     run = FakeRun(_replies(samples, wrong={"s0", "s2", "s3"}))
-    res = evaluate(FakeVLM(), samples, runner=run, batch_size=4, progress=False)
+    res = run_eval(FakeVLM(), samples, runner=run, batch_size=4, progress=False)
     assert run.calls == 3
     assert res.n == 10 and res.accuracy == pytest.approx(0.7)
     # color = even ids (s0, s2 wrong of 5), count = odd ids (s3 wrong of 5)
@@ -106,40 +112,40 @@ def test_bad_generate_output():
             return SimpleNamespace(texts=["x"])
 
     with pytest.raises(InputError, match="list of 2 str"):
-        evaluate(FakeVLM(), samples, runner=Short({}), progress=False)
+        run_eval(FakeVLM(), samples, runner=Short({}), progress=False)
 
 
 def test_bad_inputs_fail_before_the_model():
     run = FakeRun({})
     mc = Sample(IMG, "q?", "purple", choices=("red", "blue"), id="m")
     with pytest.raises(InputError, match="neither a letter"):
-        evaluate(FakeVLM(), [mc], runner=run, metric="multiple_choice", progress=False)
+        run_eval(FakeVLM(), [mc], runner=run, metric="multiple_choice", progress=False)
     with pytest.raises(InputError, match="share id"):
-        evaluate(FakeVLM(), _samples(2) + _samples(1), runner=run, progress=False)
+        run_eval(FakeVLM(), _samples(2) + _samples(1), runner=run, progress=False)
     assert run.calls == 0
 
 
 def test_samples_without_ids_get_content_ids(tmp_path):
     samples = [Sample(Image.new("RGB", (4, 4), (i, 0, 0)), "q?", "a") for i in range(3)]
     run = FakeRun({"q?": "a"})
-    res = evaluate(FakeVLM(), samples, runner=run, out=tmp_path / "r.jsonl", progress=False)
+    res = run_eval(FakeVLM(), samples, runner=run, out=tmp_path / "r.jsonl", progress=False)
     ids = [r["id"] for r in res.records]
     assert len(set(ids)) == 3 and all(i.startswith("sha1:") for i in ids)
-    evaluate(FakeVLM(), samples, runner=run, out=tmp_path / "r.jsonl", progress=False)
+    run_eval(FakeVLM(), samples, runner=run, out=tmp_path / "r.jsonl", progress=False)
     assert run.calls == 1  # the rerun found every content id
 
 
 def test_streaming_file_format(tmp_path):
     samples = _samples(5)
     out = tmp_path / "sub" / "results.jsonl"
-    evaluate(FakeVLM(), samples, runner=FakeRun(_replies(samples)), out=out, max_new_tokens=5, progress=False)
+    run_eval(FakeVLM(), samples, runner=FakeRun(_replies(samples)), out=out, max_new_tokens=5, progress=False)
     lines = _lines(out)
     assert set(lines[0]) == {"_meta"} and lines[0]["_meta"]["max_new_tokens"] == 5
     assert [l["id"] for l in lines[1:]] == [s.id for s in samples]
     loaded = EvalResult.load(out)
     assert loaded.accuracy == 1.0 and loaded.meta["model"] == "fake-vlm"
     # A directory as out means <dir>/results.jsonl
-    res = evaluate(FakeVLM(), samples, runner=FakeRun({}), out=out.parent, max_new_tokens=5, progress=False)
+    res = run_eval(FakeVLM(), samples, runner=FakeRun({}), out=out.parent, max_new_tokens=5, progress=False)
     assert res.n == 5
 
 
@@ -149,7 +155,7 @@ def test_resume_after_crash_with_torn_line(tmp_path):
     out = tmp_path / "results.jsonl"
     crashing = FakeRun(_replies(samples), fail_after=3)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(FakeVLM(), samples, runner=crashing, batch_size=bs, out=out, progress=False)
+        run_eval(FakeVLM(), samples, runner=crashing, batch_size=bs, out=out, progress=False)
     assert len(_lines(out)) == 1 + 3 * bs
     # kill -9 in the middle of the next write: half a record, no newline
     torn = json.dumps({"id": "s12", "family": "color", "question": "q12?", "answer": "a12",
@@ -159,7 +165,7 @@ def test_resume_after_crash_with_torn_line(tmp_path):
 
     run = FakeRun(_replies(samples))
     with pytest.warns(UserWarning, match="torn"):
-        res = evaluate(FakeVLM(), samples, runner=run, batch_size=bs, out=out, progress=False)
+        res = run_eval(FakeVLM(), samples, runner=run, batch_size=bs, out=out, progress=False)
     assert run.seen == [s.question for s in samples[3 * bs:]]  # only the missing ones, s12 included
     assert run.calls == math.ceil((n - 3 * bs) / bs)
     lines = _lines(out)  # every line parses: the torn piece is gone
@@ -168,25 +174,25 @@ def test_resume_after_crash_with_torn_line(tmp_path):
     assert res.n == n and res.accuracy == 1.0
 
     again = FakeRun(_replies(samples))
-    res2 = evaluate(FakeVLM(), samples, runner=again, batch_size=bs, out=out, progress=False)
+    res2 = run_eval(FakeVLM(), samples, runner=again, batch_size=bs, out=out, progress=False)
     assert again.calls == 0 and res2.records == res.records and len(_lines(out)) == n + 1
 
 
 def test_resume_with_more_samples_and_torn_header(tmp_path):
     samples = _samples(12)
     out = tmp_path / "results.jsonl"
-    evaluate(FakeVLM(), samples[:5], runner=FakeRun(_replies(samples)), out=out, progress=False)
+    run_eval(FakeVLM(), samples[:5], runner=FakeRun(_replies(samples)), out=out, progress=False)
     run = FakeRun(_replies(samples))
-    res = evaluate(FakeVLM(), samples, runner=run, out=out, progress=False)
+    res = run_eval(FakeVLM(), samples, runner=run, out=out, progress=False)
     assert run.seen == [s.question for s in samples[5:]] and res.n == 12
     # a subset of what the file holds: no model call, records restricted to the subset
-    sub = evaluate(FakeVLM(), samples[2:4], runner=FakeRun({}), out=out, progress=False)
+    sub = run_eval(FakeVLM(), samples[2:4], runner=FakeRun({}), out=out, progress=False)
     assert [r["id"] for r in sub.records] == ["s2", "s3"]
     # only a torn header: the file starts over
     out2 = tmp_path / "r2.jsonl"
     out2.write_text('{"_meta": {"format": 1, "mod')
     with pytest.warns(UserWarning, match="torn"):
-        res = evaluate(FakeVLM(), samples[:2], runner=FakeRun(_replies(samples)), out=out2, progress=False)
+        res = run_eval(FakeVLM(), samples[:2], runner=FakeRun(_replies(samples)), out=out2, progress=False)
     assert res.n == 2 and len(_lines(out2)) == 3
 
 
@@ -199,31 +205,31 @@ def test_resume_with_more_samples_and_torn_header(tmp_path):
 def test_refuses_to_resume_a_different_run(tmp_path, change, key):
     samples = _samples(4)
     out = tmp_path / "results.jsonl"
-    evaluate(FakeVLM(), samples[:2], runner=FakeRun(_replies(samples)), out=out, progress=False)
+    run_eval(FakeVLM(), samples[:2], runner=FakeRun(_replies(samples)), out=out, progress=False)
     kwargs = dict(change)
     ivs = kwargs.pop("interventions", ())
     run = FakeRun(_replies(samples))
     with pytest.raises(InputError, match=f"different evaluation.*{key}"):
-        evaluate(FakeVLM(), samples, *ivs, runner=run, out=out, progress=False, **kwargs)
+        run_eval(FakeVLM(), samples, *ivs, runner=run, out=out, progress=False, **kwargs)
     assert run.calls == 0
 
 
 def test_refuses_changed_data_and_foreign_files(tmp_path):
     samples = _samples(3)
     out = tmp_path / "results.jsonl"
-    evaluate(FakeVLM(), samples, runner=FakeRun(_replies(samples)), out=out, progress=False)
+    run_eval(FakeVLM(), samples, runner=FakeRun(_replies(samples)), out=out, progress=False)
     changed = [Sample(IMG, "another question?", "a0", id="s0")]
     with pytest.raises(InputError, match="data changed"):
-        evaluate(FakeVLM(), changed, runner=FakeRun({}), out=out, progress=False)
+        run_eval(FakeVLM(), changed, runner=FakeRun({}), out=out, progress=False)
     foreign = tmp_path / "foreign.jsonl"
     foreign.write_text('{"id": 1}\n')
     with pytest.raises(InputError, match="_meta"):
-        evaluate(FakeVLM(), samples, runner=FakeRun({}), out=foreign, progress=False)
+        run_eval(FakeVLM(), samples, runner=FakeRun({}), out=foreign, progress=False)
     corrupt = tmp_path / "corrupt.jsonl"
     good = out.read_text().splitlines()
     corrupt.write_text("\n".join([good[0], "garbage", *good[1:]]) + "\n")
     with pytest.raises(InputError, match=":2: not a valid JSON record"):
-        evaluate(FakeVLM(), samples, runner=FakeRun({}), out=corrupt, progress=False)
+        run_eval(FakeVLM(), samples, runner=FakeRun({}), out=corrupt, progress=False)
 
 
 # --- statistics ------------------------------------------------------------------------------------------
@@ -258,8 +264,8 @@ def test_compare_common_ids_and_paths(tmp_path):
         compare(a, _result([1], ids=["q"]))
     samples = _samples(6)
     pa, pb = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    evaluate(FakeVLM(), samples, runner=FakeRun(_replies(samples)), out=pa, progress=False)
-    evaluate(FakeVLM(), samples, runner=FakeRun(_replies(samples, wrong={"s1"})), out=pb, progress=False)
+    run_eval(FakeVLM(), samples, runner=FakeRun(_replies(samples)), out=pa, progress=False)
+    run_eval(FakeVLM(), samples, runner=FakeRun(_replies(samples, wrong={"s1"})), out=pb, progress=False)
     c = compare(pa, pb)
     assert (c.n, c.only_a, c.only_b) == (6, 1, 0) and c.difference == pytest.approx(-1 / 6)
 

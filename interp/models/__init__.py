@@ -226,18 +226,6 @@ class VLM:
         am = batch.inputs["attention_mask"]
         return (am.long().cumsum(-1) - 1).masked_fill(am == 0, 1)
 
-    # ------------------------------------------------------------------ running
-    def forward(self, batch: Batch, **kw):
-        """Plain forward through the nnsight wrapper (no interventions); returns the HF output."""
-        from ..interventions import intervene
-
-        return intervene(self).forward(batch, **kw)
-
-    def generate(self, batch: Batch, **kw):
-        from ..interventions import intervene
-
-        return intervene(self).generate(batch, **kw)
-
 
 def _forward_args(hf) -> set:
     import inspect
@@ -259,7 +247,7 @@ def _load_processor(path: str):
         import transformers
         from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
-        from . import zoo
+        from .processors import image_only
 
         arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
         if "Qwen2" not in arch:
@@ -270,8 +258,8 @@ def _load_processor(path: str):
         if os.path.exists(jinja):
             with open(jinja) as f:
                 template = f.read()
-        return zoo._qwen_processor(cls)(image_processor=AutoImageProcessor.from_pretrained(path),
-                                        tokenizer=AutoTokenizer.from_pretrained(path), chat_template=template)
+        return image_only(cls)(image_processor=AutoImageProcessor.from_pretrained(path),
+                               tokenizer=AutoTokenizer.from_pretrained(path), chat_template=template)
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")

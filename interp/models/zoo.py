@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError, InterpError
+from .processors import image_only
 from .published import GEOMETRY
 
 SIZES = ("tiny", "bench", "7b")
@@ -204,27 +205,8 @@ def _qwen(size: str, v25: bool):
     cfg = C(vision_config=vision, text_config=text, **common)
     ip = Qwen2VLImageProcessorPil(min_pixels=min_px, max_pixels=max_px, patch_size=patch, merge_size=2,
                                   temporal_patch_size=2)
-    proc = _qwen_processor(P)(image_processor=ip, tokenizer=tok, chat_template=_QWEN_TEMPLATE)
+    proc = image_only(P)(image_processor=ip, tokenizer=tok, chat_template=_QWEN_TEMPLATE)
     return cfg, Model, proc
-
-
-def _qwen_processor(base):
-    """The Qwen processors demand a video processor (torchvision); images need none, so skip the check."""
-
-    class ImageOnly(base):
-        # Keep the real class name so save_pretrained writes a config AutoProcessor can load back.
-        __qualname__ = base.__qualname__
-
-        @classmethod
-        def get_attributes(cls):
-            return [a for a in super().get_attributes() if a != "video_processor"]
-
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kw):
-            self.video_processor = None
-            base.__init__(self, image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kw)
-
-    ImageOnly.__name__ = base.__name__
-    return ImageOnly
 
 
 def _idefics3(size: str):
