@@ -5,7 +5,8 @@ each prefill and decode step of HF `generate`), visiting sites in execution orde
   2. the mask builder: all-layer `Cut`s are ANDed into the mask it built (one tensor op per forward);
   3. per layer, at the attention call: per-layer `Cut`s, then `EditProbs` (which re-apply the visibility
      mask, so cut edges stay cut), then `ReadProbs` (which see what the model finally used);
-  4. per layer: attention output, MLP output, decoder-layer output (`EditOutput`).
+  4. per layer: each head's output before the output projection ("heads"), attention output, MLP
+     output, decoder-layer output (`EditOutput`); a layer an `EditOutput(skip=True)` replaces does not run.
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ def walk(ctx, plan) -> None:
     eager = vlm.attn_implementation == "eager"
     attn_layers = set(plan.attention_layers)
     for l in range(vlm.num_layers):
+        skips = [e for e in plan.outputs.get(("resid", l), ()) if e.skip]
+        if skips:
+            _skip(ctx, plan, l, sites.layer(nn, l), skips, attn_layers)
+            continue
         if l in attn_layers:
             op = sites.attention_call(nn, l)
             args, kw = op.inputs
@@ -127,11 +132,13 @@ def walk(ctx, plan) -> None:
                 call.eager_probs = op.output[1]
             for r in plan.reads.get(l, ()):
                 r.fn(call)
-        if not any((s, l) in plan.outputs for s in ("attn_out", "mlp_out", "resid")):
+        if not any((s, l) in plan.outputs for s in ("heads", "attn_out", "mlp_out", "resid")):
             continue
         layer = sites.layer(nn, l)
+        if plan.outputs.get(("heads", l)):
+            _heads(ctx, l, _path(layer, vlm.adapter.head_out), plan.outputs[("heads", l)])
         for site, env in (("attn_out", layer.self_attn), ("mlp_out", layer.mlp), ("resid", layer)):
-            es = plan.outputs.get((site, l))
+            es = [e for e in plan.outputs.get((site, l), ()) if not e.skip]
             if not es:
                 continue
             value = env.output[0] if site == "attn_out" else env.output
@@ -140,6 +147,39 @@ def walk(ctx, plan) -> None:
                 if new is not None:
                     value = new
                     env.output = (new, *env.output[1:]) if site == "attn_out" else new
+
+
+def _skip(ctx, plan, l, layer, skips, attn_layers) -> None:
+    """The decoder layer does not run: its output is what the skip edits give (the last one wins)."""
+    others = [s for s in ("heads", "attn_out", "mlp_out") if plan.outputs.get((s, l))]
+    if l in attn_layers or others or len(plan.outputs[("resid", l)]) > len(skips):
+        raise SiteError(f"layer {l} is skipped but other edits act inside it ({', '.join(others) or 'attention'}); "
+                        "a skipped layer runs nothing to edit")
+    value = None
+    for e in skips:
+        value = e.fn(ctx, l, None)
+    layer.skip(value)
+
+
+def _path(env, path: str):
+    for part in path.split("."):
+        env = getattr(env, part)
+    return env
+
+
+def _heads(ctx, l, proj, edits) -> None:
+    """"heads" edits at the output projection's input [B, Q, H·Dh], shown to them as [B, Q, H, Dh]."""
+    x = proj.input
+    B, Q, HD = x.shape
+    H = ctx.vlm.hf.config.get_text_config().num_attention_heads
+    value = x.view(B, Q, H, HD // H)
+    changed = False
+    for e in edits:
+        new = e.fn(ctx, l, value)
+        if new is not None:
+            value, changed = new, True
+    if changed:
+        proj.input = value.reshape(B, Q, HD)
 
 
 def trace_forward(ctx, plan, inputs: dict, return_cache: bool):

@@ -33,6 +33,10 @@ class Adapter:
     max_images_per_row: int | None = None
     plain_prompt: str = "<image>\n{question}"
     mrope: bool = False  # positions are computed by the model from the mask (Qwen M-RoPE)
+    # Readout and head sites (the same names in all five families today; a family that differs says so here):
+    head_out: str = "self_attn.o_proj"  # per decoder layer: the attention output projection (input = heads)
+    final_norm: str = "norm"  # on the decoder stack holder: the norm before the unembedding
+    unembed: str = "lm_head"  # on the top model: hidden → vocabulary logits
 
     def image_token_id(self, hf) -> int:
         cfg = hf.config
