@@ -1,4 +1,9 @@
-"""Activation patching: replace a site's output at chosen positions with values from another run."""
+"""Activation patching: replace a site's output at chosen positions with values from another run. Sweeps of it
+over layers × position groups, tokens, blocks of the image or heads: `interp.sweep.patch_sweep`.
+
+Sites: "resid" (decoder-layer output), "attn_out" (attention block output), "mlp_out", "heads" (each attention
+head's output before the output projection, [B, T, H, Dh]).
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,31 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InputError
 from .engine import EditOutput, Intervention, intervene
 from .engine.core import describe
 from .engine.plan import layer_tuple
+from .errors import InputError
 
-SITES = ("resid", "attn_out", "mlp_out")
+SITES = ("resid", "attn_out", "mlp_out", "heads")
+
+
+def _check_site(site):
+    if site not in SITES:
+        raise InputError(f"site must be one of {SITES}, got {site!r}")
 
 
 @dataclass(frozen=True, eq=False)
 class Record(Intervention):
-    """Save the outputs `[B, T, D]` of `site` at `layers` (prefill) into diagnostics {layer: tensor}."""
+    """Save the outputs `[B, T, D]` (heads: `[B, T, H, Dh]`) of `site` at `layers` (prefill) into diagnostics
+    {layer: tensor}. `keep_graph`: keep them attached to the autograd graph (for gradients) instead of copies."""
 
     site: str = "resid"
     layers: tuple = ()
+    keep_graph: bool = False
     name: str = "record"
 
     def __post_init__(self):
-        if self.site not in SITES:
-            raise InputError(f"site must be one of {SITES}, got {self.site!r}")
+        _check_site(self.site)
         object.__setattr__(self, "layers", layer_tuple(self.layers, self.name))
 
     def prepare(self, ctx):
@@ -34,8 +45,13 @@ class Record(Intervention):
         return [EditOutput(self.site, self.layers, self._record, start=0)]
 
     def _record(self, ctx, layer, value):
-        if ctx.step == 0:
-            ctx.scratch(self)[layer] = value.detach().clone()
+        if ctx.step != 0:
+            return None
+        if self.keep_graph:
+            ctx.scratch(self)[layer] = value
+            return value  # handed back, so the graph runs through this very tensor
+        ctx.scratch(self)[layer] = value.detach().clone()
+        return None
 
     def finish(self, ctx):
         return dict(ctx.scratch(self))
@@ -43,23 +59,29 @@ class Record(Intervention):
 
 @dataclass(frozen=True, eq=False)
 class Patch(Intervention):
-    """Replace `site` ("resid" = decoder-layer output, "attn_out", "mlp_out") at `layers` and `positions`
+    """Replace `site` ("resid" = decoder-layer output, "attn_out", "mlp_out", "heads") at `layers` and `positions`
     (a token group or bool [B, T]) with the values of `source`: a `Batch` (its clean run is traced first; it
-    must have the same layout) or saved activations {layer: [B, T, D]}. Prefill only."""
+    must have the same layout) or saved activations {layer: [B, T, D]} ([B, T, H, Dh] for "heads").
+    `heads`: with site "heads", which heads to patch (None: all). Prefill only."""
 
     site: str = "resid"
     layers: tuple = ()
     positions: object = "all"
     source: object = None
+    heads: tuple | None = None
     name: str = "patch"
 
     def __post_init__(self):
-        if self.site not in SITES:
-            raise InputError(f"site must be one of {SITES}, got {self.site!r}")
+        _check_site(self.site)
         layers = layer_tuple(self.layers, self.name)
         if not layers:
             raise InputError(f"{self.name}: layers is empty; name the layers to patch, e.g. layers=(3,)")
         object.__setattr__(self, "layers", layers)
+        if self.heads is not None:
+            if self.site != "heads":
+                raise InputError(f"{self.name}: heads= needs site='heads', got site={self.site!r}")
+            object.__setattr__(self, "heads", tuple(int(h) for h in (
+                [self.heads] if isinstance(self.heads, int) else self.heads)))
 
     def prepare(self, ctx):
         if self.source is None:
@@ -96,9 +118,15 @@ class Patch(Intervention):
         if value.shape[1] != src.shape[1]:  # a pass after a reused prefix: the last Q positions
             src = src[:, src.shape[1] - value.shape[1]:]
         if src.shape != value.shape:
-            raise InputError(f"Patch: source activations {tuple(src.shape)} vs run {tuple(value.shape)} at layer {layer}")
+            raise InputError(f"Patch: source activations {tuple(src.shape)} vs run {tuple(value.shape)} at "
+                             f"layer {layer}")
         pos = s["pos"][:, s["pos"].shape[1] - value.shape[1]:]
-        return torch.where(pos[..., None], src, value)
+        sel = pos[..., None]  # [B, Q, 1]
+        if self.site == "heads":
+            hs = torch.zeros(value.shape[2], dtype=torch.bool, device=value.device)
+            hs[list(self.heads) if self.heads is not None else slice(None)] = True
+            sel = (pos[..., None] & hs)[..., None]  # [B, Q, H, 1]
+        return torch.where(sel, src, value)
 
     def finish(self, ctx):
         return {"positions": ctx.scratch(self)["n"], "layers": list(self.layers)}
@@ -111,28 +139,12 @@ def logit_diff(logits: torch.Tensor, pos: torch.Tensor, good: torch.Tensor, bad:
     return row[b, good] - row[b, bad]
 
 
-def patch_sweep(vlm, clean, corrupt, *, site="resid", layers=None, groups=("vision", "question"),
-                metric=None) -> dict:
-    """Patch each layer × position group from `clean` into `corrupt`; returns {"effect": [L, G] tensor,
-    "layers", "groups", "clean", "corrupt"}. Default metric: mean logit difference at the last prompt position
-    between the clean run's top token and the corrupt run's top token (1 = fully restored after normalising
-    by clean − corrupt is left to the caller)."""
-    layers = list(range(vlm.num_layers)) if layers is None else list(layers)
-    rec = Record(site=site, layers=tuple(layers))
-    clean_out = intervene(vlm, rec).forward(clean)
-    acts = clean_out.diagnostics[rec.name]
-    corrupt_logits = intervene(vlm).forward(corrupt).logits
-    pos = corrupt.layout.last.int().argmax(1)
-    b = torch.arange(len(pos))
-    good = clean_out.logits[b, pos].argmax(-1)
-    bad = corrupt_logits[b, pos].argmax(-1)
-    if metric is None:
-        def metric(logits):
-            return logit_diff(logits, pos, good, bad).mean()
-    effect = torch.zeros(len(layers), len(groups))
-    for i, l in enumerate(layers):
-        for j, g in enumerate(groups):
-            p = Patch(site=site, layers=(l,), positions=g, source={l: acts[l]})
-            effect[i, j] = float(metric(intervene(vlm, p).forward(corrupt).logits))
-    return {"effect": effect, "layers": layers, "groups": list(groups),
-            "clean": float(metric(clean_out.logits)), "corrupt": float(metric(corrupt_logits))}
+
+def __getattr__(name):
+    # `patch_sweep` lives in `interp.sweep` (it builds on Record and Patch); imported here on demand for the
+    # old `from interp.patching import patch_sweep`
+    if name in ("patch_sweep", "PatchSweep"):
+        from . import sweep
+
+        return getattr(sweep, name)
+    raise AttributeError(f"module 'interp.patching' has no attribute {name!r}")
