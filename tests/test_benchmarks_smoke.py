@@ -1,5 +1,5 @@
-"""Every benchmark (`benchmarks/capture.py`, `memory_scaling.py`, `aif.py`) runs end to end in `--quick` mode
-(tiny models, one memory child) and writes the fields the docs table and readers rely on. Not a timing
+"""Every benchmark (`benchmarks/capture.py`, `memory_scaling.py`, `aif.py`, `patching.py`) runs end to end in
+`--quick` mode (tiny models, one memory child) and writes the fields the docs table and readers rely on. Not a timing
 assertion: CPU timings here are noise."""
 
 import json
@@ -81,3 +81,15 @@ def test_generate_quick(tmp_path):
     assert set(d["raw_s"]) == {"aif_beams2", "plain_aif_beams2", "long_edge", "plain_long_edge"}
     assert _finite_ratios({k: v for k, v in d["paired_ratio"].items() if v is not None})
     assert set(d["met"]) == {"aif_beams2", "long_edge", "long_edge_memory", "long_aif_memory"}
+
+
+def test_patching_quick(tmp_path):
+    from benchmarks import patching
+
+    out = tmp_path / "patching.json"
+    patching.main(["--quick", "--out", str(out)])
+    d = json.loads(out.read_text())
+    assert d["benchmark"] == "patching" and d["quick"] is True and _environment_ok(d["environment"])
+    assert set(d["raw_s"]) == {"per_variant", "batched", "knockout_per_variant", "knockout_batched"}
+    assert d["met"]["identical"] is True and isinstance(d["met"]["speedup"], bool)
+    assert d["max_abs_difference"]["patch_sweep"] <= 1e-4 and d["config"]["variants"] == 2 * d["config"]["seq_len"]
