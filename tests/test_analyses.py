@@ -10,7 +10,7 @@ import torch
 
 ANALYSES = ("vision_attention_ratio", "attenuation_violin", "attention_heatmaps", "mu_masking", "oracle_masks",
             "method_table", "vif_focus",
-            "aif_ratios", "token_dynamics", "premises")
+            "aif_ratios", "token_dynamics", "premises", "patching", "knockout_flow", "logit_lens")
 ARGV = ["--model", "zoo:llava", "--data", "toy", "--limit", "2", "--no-progress"]
 
 
@@ -78,6 +78,22 @@ def test_numbers_have_the_documented_shapes(runs):
     t = runs["token_dynamics"][2]
     assert np.asarray(t["evidence_curve"]).shape == (2, L)
     assert set(t["top_evidence_share"]) == {"low_entropy", "high_mu", "high_entropy", "random"}
+
+
+def test_flow_analyses_numbers(runs):
+    L = 4
+    p = runs["patching"][2]
+    assert np.asarray(p["group_rows"], dtype=float).shape == (2, L, 3) and p["groups"] == ["vision", "question", "last"]
+    tok = np.asarray(p["token_rows"], dtype=float)
+    assert tok.shape[:2] == (2, L) and tok.shape[2] == len(p["token_labels"]) and p["num_vision"] == 16
+    assert np.asarray(p["head_rows"], dtype=float).shape == (2, L, 4) and p["blocks"] == [2, 2]
+    k = runs["knockout_flow"][2]
+    assert np.asarray(k["rows"], dtype=float).shape == (k["n"], 3, L - k["window"] + 1) and k["starts"][0] == 0
+    g = runs["logit_lens"][2]
+    assert np.asarray(g["box_share"], dtype=float).shape == (2, L) and len(g["area_share"]) == 2
+    from analyses import knockout_flow, logit_lens, patching  # the REPORT sentences read the JSON alone
+
+    assert all("**" in m.finding(runs[m.NAME][2]) for m in (patching, knockout_flow, logit_lens))
 
 
 # --- common helpers ------------------------------------------------------------------------------------
