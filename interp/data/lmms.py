@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from interp.data.scoring import _ARTICLES, _NUMBERS, _PUNCT
+from interp.data.vqa_tables import _ARTICLES, _NUMBERS, _PUNCT
 from interp.errors import InputError
 
 # --- V* (vstar_bench/utils.py::extract_answer_letter) ----------------------------------------------------
