@@ -1,0 +1,241 @@
+"""The fine-tuned base of a joint VIF run: which base modules train, and their weights next to the CVAE.
+
+The reference (`finetune_7b.sh`) fine-tunes LLaVA-1.5's decoder and projector together with the VIF module
+(CLIP frozen). A CVAE trained that way reads the hidden states of *that* fine-tuned base, so a joint
+checkpoint ships the trained base modules and refuses to run on any other weights:
+
+    DIR/base.safetensors   the trained base modules' parameters only (names as in `vlm.hf.named_parameters()`)
+    DIR/base.json          {"format": "interp.vif.base", "source": "toy" | hub id | dir, "identity",
+                            "modules": dotted paths, "train_modules", "focus", "inject", "dtype", "step"}
+    DIR/vif.json           (focus "cvae" only) the VIF config, whose "base" entry names base.safetensors
+
+    vlm, vif = interp.vif.load_joint("interp/toy/vif")      # a fresh base from "source" + its fine-tuned weights
+    interp.vif.apply_base("interp/toy/vif", vlm)           # or patch a model you loaded yourself, in place
+    run_on, vif = interp.vif.load_pair(path, vlm)          # any VIF checkpoint: frozen → vlm, joint → its base
+
+`VIF.load(dir, vlm)` checks every saved base tensor against `vlm` and refuses a model that does not carry them.
+Module names (`train_modules`): "decoder" (the language model + lm_head), "projector", "vision" (the vision
+tower), or dotted attribute paths of `vlm.hf`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from interp.errors import CheckpointError, InputError
+
+BASE_WEIGHTS, BASE_CONFIG = "base.safetensors", "base.json"
+FORMAT = "interp.vif.base"
+VERSION = 1
+FOCUS = ("cvae", "none", "uniform", "oracle")
+# concept → candidate attribute paths of the top HF model, first present wins (LLaVA / NeXT, Idefics3, Qwen)
+MODULES = {
+    "projector": ("model.multi_modal_projector", "model.connector", "model.visual.merger"),
+    "vision": ("model.vision_tower", "model.vision_model", "model.visual"),
+}
+
+
+def _get(root, path: str):
+    m = root
+    for part in path.split("."):
+        m = getattr(m, part, None)
+        if m is None:
+            return None
+    return m if isinstance(m, torch.nn.Module) else None
+
+
+def resolve_modules(vlm, names) -> tuple:
+    """Concept names / dotted paths → the dotted module paths of `vlm.hf` they stand for."""
+    if isinstance(names, str):
+        names = (names,)
+    out = []
+    for name in names:
+        if name == "decoder":
+            cands = [(vlm.adapter.language_model,), ("lm_head",)]
+        elif name in MODULES:
+            cands = [tuple(p for p in MODULES[name] if _get(vlm.hf, p) is not None)[:1]]
+        else:
+            cands = [(name,)]
+        for c in cands:
+            if not c or _get(vlm.hf, c[0]) is None:
+                seen = [n for n, _ in vlm.hf.named_modules() if n.count(".") <= 1 and n]
+                raise InputError(f"train_modules: {name!r} names no module of {type(vlm.hf).__name__} (looked "
+                                 f"for {MODULES.get(name, c or name)}); use 'decoder', 'projector', 'vision' "
+                                 f"or a dotted path among {seen}")
+            out.append(c[0])
+    # drop paths nested in another chosen path (Qwen's merger inside its vision tower)
+    return tuple(p for p in dict.fromkeys(out) if not any(p != q and p.startswith(q + ".") for q in out))
+
+
+def trained_parameters(vlm, paths) -> dict:
+    """{full parameter name: Parameter} of the modules at `paths` (shared parameters listed once)."""
+    prefixes = tuple(p + "." for p in paths)
+    return {n: p for n, p in vlm.hf.named_parameters() if n.startswith(prefixes)}
+
+
+def _atomic(path: Path, write) -> None:
+    from interp.methods.vif.checkpoint import _atomic as atomic
+
+    atomic(path, write)
+
+
+def base_source(vlm) -> str | None:
+    """How `load_joint` finds the base again: "toy" for the shipped toy model, else `vlm.source`."""
+    src = getattr(vlm, "source", None)
+    try:
+        import interp.toy
+
+        if src is not None and os.path.realpath(str(src)) == os.path.realpath(interp.toy.CHECKPOINT_DIR):
+            return "toy"
+    except ImportError:
+        pass
+    return None if src is None else str(src)
+
+
+def save_base(path, vlm, paths, *, train_modules=(), focus="cvae", inject=None, step=None, dtype=None,
+              extra=None) -> dict:
+    """Write the parameters of `vlm`'s modules at `paths` (base.safetensors) and base.json (last) into `path`.
+    dtype: store in this dtype (e.g. torch.float16 to halve a shipped file); None = as trained. Returns the
+    small dict a VIF config keeps under "base"."""
+    from safetensors.torch import save_file
+
+    d = Path(path)
+    params = trained_parameters(vlm, paths)
+    state = {n: p.detach().to("cpu", dtype or p.dtype).contiguous() for n, p in params.items()}
+    # the step again (a resume can tell a torn pair of files); one key: safetensors orders metadata at random
+    meta = {f"{FORMAT}.step": str(step)}
+    _atomic(d / BASE_WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    info = {"format": FORMAT, "version": VERSION, "source": base_source(vlm), "identity": vlm.identity(),
+            "modules": list(paths), "train_modules": list(train_modules), "focus": focus, "inject": inject,
+            "dtype": str(next(iter(state.values())).dtype).replace("torch.", "") if state else None,
+            "parameters": int(sum(v.numel() for v in state.values())), "step": step, **(extra or {})}
+    text = json.dumps(info, indent=2) + "\n"
+    _atomic(d / BASE_CONFIG, lambda tmp: tmp.write_text(text))
+    return {"file": BASE_WEIGHTS, "modules": list(paths), "parameters": info["parameters"]}
+
+
+def read_base(path) -> dict | None:
+    """base.json of a checkpoint directory, or None when the run kept the base frozen."""
+    f = Path(path) / BASE_CONFIG
+    if not f.exists():
+        return None
+    try:
+        info = json.loads(f.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{f} is not valid JSON ({e}); the checkpoint is corrupt") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"{f} is not an interp base-weights config")
+    return info
+
+
+def saved_step(path) -> str | None:
+    """The step recorded inside base.safetensors (None if absent)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(path) / BASE_WEIGHTS), "pt") as f:
+        meta = f.metadata() or {}
+    return meta.get(f"{FORMAT}.step", meta.get("step"))
+
+
+def _saved(path) -> dict:
+    from safetensors.torch import load_file
+
+    f = Path(path) / BASE_WEIGHTS
+    if not f.exists():
+        raise CheckpointError(f"{Path(path)}: {BASE_WEIGHTS} is missing; this joint checkpoint is incomplete")
+    try:
+        return load_file(str(f))
+    except Exception as e:  # safetensors raises its own error types on a torn / foreign file
+        raise CheckpointError(f"{f} cannot be read ({type(e).__name__}: {e}); the file is corrupt") from None
+
+
+def _mismatch(saved: dict, vlm) -> list:
+    params = dict(vlm.hf.named_parameters())
+    missing = [n for n in saved if n not in params]
+    if missing:
+        raise CheckpointError(f"the saved base weights name {len(missing)} parameters this model lacks "
+                              f"(e.g. {missing[0]!r}); they were saved from another architecture")
+    return [n for n, v in saved.items() if not torch.equal(v.to(params[n].device, params[n].dtype), params[n].detach())]
+
+
+def check_base(path, vlm) -> None:
+    """Refuse `vlm` unless it carries the fine-tuned base weights saved in `path` (exact, in vlm's dtype)."""
+    bad = _mismatch(_saved(path), vlm)
+    if bad:
+        raise CheckpointError(
+            f"{path} holds a VIF trained jointly with a fine-tuned base ({BASE_WEIGHTS}); this model's weights "
+            f"differ in {len(bad)} of its tensors (e.g. {bad[0]!r}), so the CVAE would read hidden states it was "
+            f"not trained on. Load both: vlm, vif = interp.vif.load_joint({str(path)!r}), or patch your model "
+            f"first with interp.vif.apply_base({str(path)!r}, vlm)")
+
+
+def apply_base(path, vlm):
+    """Copy the fine-tuned base weights saved in `path` into `vlm` (in place, cast to its dtype); returns vlm."""
+    info = read_base(path)
+    if info is None:
+        raise CheckpointError(f"{path} has no {BASE_CONFIG}: its VIF was trained on a frozen base; "
+                              "load it with interp.VIF.load(path, vlm)")
+    from interp.methods.vif.checkpoint import check_identity
+
+    check_identity(info.get("identity", {}), vlm.identity(), path)
+    saved = _saved(path)
+    params = dict(vlm.hf.named_parameters())
+    _mismatch(saved, vlm)  # names check
+    with torch.no_grad():
+        for n, v in saved.items():
+            params[n].copy_(v.to(params[n].device, params[n].dtype))
+    return vlm
+
+
+def load_joint(path, *, base=None, dtype=None, device=None):
+    """(vlm, intervention) of a joint checkpoint: a fresh base model with the fine-tuned weights applied,
+    and what was trained with it: a `VIF` (focus "cvae"), a `FixedMap` ("uniform" / "oracle": call
+    `.for_samples(samples)` for the oracle's boxes) or None (fine-tune only).
+
+    base: the base model to start from (hub id, directory, "toy"); default the "source" saved in base.json.
+    """
+    import interp
+
+    path = Path(path)
+    info = read_base(path)
+    if info is None:
+        raise CheckpointError(f"{path} has no {BASE_CONFIG}: not a joint checkpoint (a frozen-base VIF loads "
+                              "with interp.VIF.load(path, vlm))")
+    spec = base or info.get("source")
+    if spec is None:
+        raise InputError(f"{path}/{BASE_CONFIG} does not say which base model it fine-tuned; pass base=")
+    kw = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
+    vlm = interp.toy.load(**kw) if spec == "toy" else interp.load(spec, **kw)
+    apply_base(path, vlm)
+    focus = info.get("focus", "cvae")
+    if focus == "cvae" or (path / "vif.json").exists():
+        return vlm, interp.VIF.load(path, vlm)
+    if focus in ("uniform", "oracle"):
+        from interp.methods.vif.fixed import FixedMap
+
+        return vlm, FixedMap(**(info.get("inject") or {}))
+    return vlm, None
+
+
+def load_pair(path, vlm, **fields):
+    """(the model to run it on, VIF) for any VIF checkpoint, leaving `vlm` untouched: a frozen-base VIF (or
+    one whose fine-tuned base `vlm` already carries) runs on `vlm`; a joint one on a fresh copy of its
+    fine-tuned base in `vlm`'s dtype and device. fields: VIF overrides (alpha, normalize, ...)."""
+    import interp
+
+    path = Path(path)
+    if read_base(path) is None:
+        return vlm, interp.VIF.load(path, vlm, **fields)
+    try:
+        check_base(path, vlm)
+        return vlm, interp.VIF.load(path, vlm, **fields)
+    except CheckpointError:
+        jvlm, vif = load_joint(path, dtype=vlm.dtype, device=vlm.device)
+    if vif is None or not hasattr(vif, "module"):
+        raise CheckpointError(f"{path} holds a fine-tuned base without a CVAE (focus "
+                              f"{read_base(path).get('focus')!r}); load it with interp.vif.load_joint")
+    return jvlm, vif.with_(**fields) if fields else vif
