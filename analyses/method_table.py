@@ -22,7 +22,9 @@ LABELS = {"baseline": "baseline", "aif": "AIF (paper criterion)", "aif_cap": "AI
 
 
 def load_vif(vlm, args):
-    """(VIF, description): the checkpoint given, the shipped toy one for the toy model, else untrained."""
+    """(VIF, description, model to run it on): the checkpoint given, the shipped toy one for the toy model,
+    else untrained. A VIF trained jointly with its base (the shipped toy VIF) runs on that fine-tuned base
+    (`interp.vif.load_pair`); `vlm` itself is never modified."""
     import interp
     import interp.toy
 
@@ -32,15 +34,18 @@ def load_vif(vlm, args):
     if path is not None and os.path.exists(path):
         shown = os.path.relpath(path, os.path.dirname(os.path.dirname(interp.toy.CHECKPOINT_DIR)))
         shown = f"interp/{shown}" if not shown.startswith("..") else path
-        return interp.VIF.load(path, vlm), f"trained checkpoint {shown}"
-    return interp.VIF.build(vlm, seed=args.seed), "untrained (VIF.build): no checkpoint for this model"
+        run_on, vif = interp.vif.load_pair(path, vlm)
+        joint = "" if run_on is vlm else (" on its jointly fine-tuned base (the right control is fine-tune only: "
+                                          "analyses.vif_ablation)")
+        return vif, f"trained checkpoint {shown}{joint}", run_on
+    return interp.VIF.build(vlm, seed=args.seed), "untrained (VIF.build): no checkpoint for this model", vlm
 
 
 def compute(vlm, samples, args) -> dict:
     import interp
 
     samples = common.with_boxes(samples, NAME)
-    vif, vif_source = load_vif(vlm, args)
+    vif, vif_source, vif_vlm = load_vif(vlm, args)
     scores = {m: [] for m in METHODS}
     gk = dict(max_new_tokens=args.max_new_tokens, metric=args.metric)
     for chunk in common.batches(samples, args.batch_size, progress=not args.no_progress, desc=NAME):
@@ -50,8 +55,8 @@ def compute(vlm, samples, args) -> dict:
         runs = {"baseline": (), "aif": (interp.AIF(),), "aif_cap": (interp.AIF(max_ratio=0.5),), "vif": (vif,),
                 "aif_vif": (interp.AIF(max_ratio=0.5), vif),
                 "oracle_box": (interp.EdgeMask("text", outside, name="oracle"),) if outside.any() else ()}
-        for m in METHODS:
-            scores[m] += common.generate_scores(vlm, batch, chunk, runs[m], **gk)[1]
+        for m in METHODS:  # the VIF rows on the VIF's own base (the same processor: the same batch)
+            scores[m] += common.generate_scores(vif_vlm if "vif" in m else vlm, batch, chunk, runs[m], **gk)[1]
     summary, paired = common.summarize_methods(samples, scores, METHODS, args.seed)
     return {"n": len(samples), "methods": list(METHODS), "labels": LABELS, "scores": scores, "summary": summary,
             "paired_vs_baseline": paired, "vif_source": vif_source, "vif": repr(vif),

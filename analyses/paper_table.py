@@ -126,16 +126,17 @@ def load(args, local_rank: int, world: int):
     return common.load_model(args.model, seed=args.seed, dtype=args.dtype, device=device)
 
 
-def interventions(method: str, vlm, args) -> tuple[tuple, str]:
-    """(interventions, description) of a method."""
+def interventions(method: str, vlm, args) -> tuple[tuple, str, object]:
+    """(interventions, description, the model to run them on) of a method: `vlm`, except for a VIF trained
+    jointly with its base (`interp.vif.load_pair`), which runs on that fine-tuned base."""
     import interp
 
     if method == "plain":
-        return (), "no intervention"
+        return (), "no intervention", vlm
     if method == "aif":
-        return (interp.AIF(),), "AIF, the paper's ratio criterion"
+        return (interp.AIF(),), "AIF, the paper's ratio criterion", vlm
     if method == "aif_normalized":
-        return (interp.AIF(criterion="normalized"),), "AIF, normalised ratio criterion"
+        return (interp.AIF(criterion="normalized"),), "AIF, normalised ratio criterion", vlm
     path = args.vif
     if path is None and args.model == "toy":
         import interp.toy
@@ -145,8 +146,10 @@ def interventions(method: str, vlm, args) -> tuple[tuple, str]:
         raise InputError("--methods vif needs --vif DIR (a checkpoint from python -m interp.vif.train), or "
                          "--vif untrained for an untrained VIF (a smoke test: its numbers mean nothing)")
     if path == "untrained":
-        return (interp.VIF.build(vlm, seed=args.seed),), "VIF, untrained (VIF.build)"
-    return (interp.VIF.load(path, vlm),), f"VIF checkpoint {path}"
+        return (interp.VIF.build(vlm, seed=args.seed),), "VIF, untrained (VIF.build)", vlm
+    run_on, vif = interp.vif.load_pair(path, vlm)
+    joint = "" if run_on is vlm else " (trained jointly: on its fine-tuned base; control: analyses.vif_ablation)"
+    return (vif,), f"VIF checkpoint {path}{joint}", run_on
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -347,10 +350,11 @@ def main(argv=None) -> dict | None:
     tag = f" [rank {rank}/{world}]" if world > 1 else ""
     described = {}
     for m in args.method_list:
-        ivs, described[m] = interventions(m, vlm, args)
+        ivs, described[m], run_on = interventions(m, vlm, args)
+        m_view = view if run_on is vlm else prompts.apply_style(run_on, args.prompt_style)
         for name, _, key in args.bench_list:
             data = opened[key]
-            run_cell(view, data, ivs, result_path(out, key, m, rank, world),
+            run_cell(m_view, data, ivs, result_path(out, key, m, rank, world),
                      positions=range(rank, len(data), world),
                      max_new_tokens=fixed["benchmarks"][key]["max_new_tokens"], args=args, desc=f"{key}/{m}{tag}")
     if world > 1:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 ANALYSES = ("vision_attention_ratio", "attenuation_violin", "attention_heatmaps", "mu_masking", "oracle_masks",
-            "method_table", "vif_focus",
+            "method_table", "vif_focus", "vif_ablation",
             "aif_ratios", "token_dynamics", "premises", "patching", "knockout_flow", "logit_lens")
 ARGV = ["--model", "zoo:llava", "--data", "toy", "--limit", "2", "--no-progress"]
 
