@@ -211,7 +211,7 @@ def table(d) -> str:
         me = f"{m['entropy']['mean']:.2f}" if m else "–"
         kl = (d["logs"].get(v) or {}).get("kl_final")
         lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + f" | {s['accuracy']:.3f} [{s['ci'][0]:.3f}, "
-                     f"{s['ci'][1]:.3f}] | {delta} | {pv} | {mm} | {me} | {'–' if kl is None else f'{kl:.3f}'} |")
+                     f"{s['ci'][1]:.3f}] | {delta} | {pv} | {mm} | {me} | {'–' if kl is None else f'{kl:.2g}'} |")
     return "\n".join(lines)
 
 
@@ -260,7 +260,7 @@ def finding(d) -> str:
     parts.append("Where the maps sit: " + "; ".join(f"{LABELS[v]} {where(v)}" for v in vifs if v in m)
                  + f" (uniform {d['uniform_entropy']:.2f}); the learned map puts more than the area share on the "
                  "evidence: " + ", ".join(f"{v} {_lift(m[v])}" for v in vifs if v in m)
-                 + " (a near-uniform map can pass this by a hair: read the ratio and the entropy).")
+                 + "; a near-uniform map can pass this by a hair: read the ratio and the entropy.")
     kl = {v: d["logs"].get(v, {}).get("kl_final") for v in vifs}
     fired = {v: d["logs"].get(v, {}).get("collapse") for v in vifs}
     parts.append("KL(posterior ‖ prior) over the last 50 training steps: " + ", ".join(
