@@ -19,7 +19,9 @@ from analyses.report import ORDER, build
 
 # Larger than the analyses' own defaults where the main job has the time: accuracy comparisons want ≥ 100
 # samples per family for intervals of about ±0.07 (the whole job stays well under 15 minutes on 2 cores).
-MAIN_LIMITS = {"oracle_masks": 400, "mu_masking": 400, "vif_focus": 400, "method_table": 800, "premises": 1200}
+MAIN_LIMITS = {"oracle_masks": 400, "mu_masking": 400, "vif_focus": 400, "method_table": 800, "premises": 1200,
+               "vif_ablation": 400,  # evaluates 7 shipped variants (trained once: analyses.vif_ablation_train)
+               "patching": 12, "knockout_flow": 96, "logit_lens": 96}  # patching: mirror pairs
 
 
 def main(argv=None):

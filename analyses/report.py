@@ -17,7 +17,8 @@ import numpy as np
 from scipy import stats
 
 ORDER = ("vision_attention_ratio", "attenuation_violin", "attention_heatmaps", "token_dynamics", "mu_masking",
-         "aif_ratios", "oracle_masks", "vif_focus", "method_table", "premises")
+         "aif_ratios", "oracle_masks", "vif_focus", "vif_ablation", "method_table", "patching", "knockout_flow",
+         "logit_lens", "premises")
 # premises runs last (it reads oracle_masks.json and vif_ablation.json) but its paragraph and section open REPORT.md
 
 
@@ -182,6 +183,12 @@ def f_vif_focus(d) -> str:
             f"{_paired_sentence(d, 'vif_reference', '')}. VIF: {d['vif_source']}.")
 
 
+def f_vif_ablation(d) -> str:
+    from analyses.vif_ablation import finding  # its verdicts are computed there, from the JSON alone
+
+    return finding(d)
+
+
 def f_method_table(d) -> str:
     parts = []
     for m, label in (("aif", "AIF"), ("aif_cap", "AIF (r ≤ 0.5)"), ("vif", "VIF"), ("aif_vif", "AIF + VIF")):
@@ -189,6 +196,24 @@ def f_method_table(d) -> str:
         parts.append(f"{_paired_sentence(d, m, label)} {_verdict(_diff_verdict(p['ci'][0], p['ci'][1], True))}")
     return ("The papers report gains over the plain model (AIF +2 to +8 points, VIF +6 to +9). Here: "
             + "; ".join(parts) + ".")
+
+
+def f_patching(d) -> str:
+    from analyses.patching import finding  # the information-flow analyses compute their verdicts there
+
+    return finding(d)
+
+
+def f_knockout_flow(d) -> str:
+    from analyses.knockout_flow import finding
+
+    return finding(d)
+
+
+def f_logit_lens(d) -> str:
+    from analyses.logit_lens import finding
+
+    return finding(d)
 
 
 def f_premises(d) -> str:
@@ -207,7 +232,11 @@ TITLES = {
     "aif_ratios": "AIF's adaptive ratio",
     "oracle_masks": "Oracle masks vs AIF",
     "vif_focus": "VIF focus maps and deep-layer attention",
+    "vif_ablation": "VIF ablation: the focus map vs the extra fine-tuning",
     "method_table": "Methods compared",
+    "patching": "Activation patching on mirror pairs",
+    "knockout_flow": "Attention knockout over layer windows",
+    "logit_lens": "Logit lens over the image",
     "premises": "The papers' premises, measured",
 }
 

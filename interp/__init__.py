@@ -5,6 +5,8 @@
     batch = vlm.prepare(images=[img], questions=["what color is the circle ?"])
     stats = interp.capture(vlm, batch)             # per-layer text→vision attention statistics
     out = interp.intervene(vlm, interp.EdgeMask("text", "vision")).generate(batch, max_new_tokens=4)
+
+Every error is an `interp.InterpError`; its subclasses and `InterpWarning` are in `interp.errors`.
 """
 
 from importlib import import_module
@@ -25,7 +27,9 @@ _LAZY = {
     "InjectAttention": ("interp.attention.inject", "InjectAttention"),
     "VIF": ("interp.methods.vif", "VIF"),
     "Patch": ("interp.patching", "Patch"),
-    "patch_sweep": ("interp.patching", "patch_sweep"),
+    "patch_sweep": ("interp.sweep", "patch_sweep"),
+    "logit_lens": ("interp.lens", "logit_lens"),
+    "knockout_flow": ("interp.flow", "knockout_flow"),
     "AIF": ("interp.methods.aif", "AIF"),
     "evaluate": ("interp.evaluation", "evaluate"),
     "compare": ("interp.evaluation", "compare"),

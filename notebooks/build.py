@@ -29,8 +29,9 @@ TOUR = [
              "d = aif.diagnostics['aif']\nprint('chosen ratio per row', d['ratio'].tolist(), 'prefix reuse', d['reuse'])\n"
              "aif.texts"),
     ("code", "import os\nvif_dir = os.path.join(os.path.dirname(interp.toy.CHECKPOINT_DIR), 'vif')\n"
-             "vif = interp.VIF.load(vif_dir, vlm) if os.path.exists(vif_dir) else interp.VIF.build(vlm)\n"
-             "out = interp.intervene(vlm, vif).generate(batch, max_new_tokens=1)\nout.texts"),
+             "# the shipped toy VIF was trained jointly with its base: load_pair gives that base and the VIF\n"
+             "run_on, vif = interp.vif.load_pair(vif_dir, vlm) if os.path.exists(vif_dir) else (vlm, interp.VIF.build(vlm))\n"
+             "out = interp.intervene(run_on, vif).generate(batch, max_new_tokens=1)\nout.texts"),
     ("code", "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(3, 3))\n"
              "grid = lay.scatter(stats.vision_mean[-1, 0], row=0)[0]['image']\n"
              "ax.imshow(samples[0].image)\nax.imshow(grid, extent=(0, 64, 64, 0), alpha=0.6, cmap='magma')\n"
@@ -47,7 +48,11 @@ ANALYSES = {
     "aif_ratios": (60, "rec['chosen_share']"),
     "oracle_masks": (40, "print(rec['table'])"),
     "vif_focus": (40, "print(rec['table'])"),
+    "vif_ablation": (40, "print(rec['table'])"),
     "method_table": (40, "print(rec['table'])"),
+    "patching": (4, "from analyses.patching import finding\nprint(finding(rec))"),
+    "knockout_flow": (48, "from analyses.knockout_flow import finding\nprint(finding(rec))"),
+    "logit_lens": (48, "from analyses.logit_lens import finding\nprint(finding(rec))"),
     "premises": (60, "print(rec['paragraph'])\nprint(rec['table'])"),
 }
 

@@ -11,7 +11,8 @@ import torch
 from ..engine import EditProbs, Intervention
 from ..engine.core import describe
 from ..engine.plan import layer_tuple
-from ..errors import InputError, SiteError
+from ..errors import InputError, NoEffectError, SiteError, warn
+from ..layout import check_group
 
 MODES = ("convex", "additive")
 
@@ -53,7 +54,9 @@ class InjectAttention(Intervention):
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise InputError(f"InjectAttention mode must be one of {MODES}, got {self.mode!r}")
+        check_group(self.queries, f"{self.name} queries")
+        check_group(self.keys, f"{self.name} keys")
         layers = layer_tuple(self.layers, self.name)
         if not layers:
             raise InputError("InjectAttention needs at least one layer")
@@ -76,10 +79,11 @@ class InjectAttention(Intervention):
         s = ctx.scratch(self)
         s["q"], s["k"] = ctx.group(self.queries), ctx.group(self.keys)
         if not (s["q"].any(1) & s["k"].any(1)).any():
-            raise InputError(f"{self.name}: no row has both a {describe(self.queries)} query and a {describe(self.keys)} key")
+            raise NoEffectError(f"{self.name}: no row has both a {describe(self.queries)} query and a "
+                                f"{describe(self.keys)} key; an intervention that does nothing is an error")
         if not callable(self.weights):
             s["w"] = self._fit(ctx, self.weights.to(ctx.device), s["k"])
-        s["applied"] = []
+        s["applied"], s["visible"] = [], {}
 
     def _fit(self, ctx, w, keys):
         """Check weights against the batch and repeat them for HF's batch expansion."""
@@ -93,6 +97,14 @@ class InjectAttention(Intervention):
         if w.dim() == 3 and w.shape[1] != ctx.prompt_layout.seq_len:
             raise InputError(f"{self.name}: [B, Q, Nk] weights need Q = {ctx.prompt_layout.seq_len} (the prompt "
                              f"length), got {w.shape[1]}")
+        n = keys[:: ctx.expand].sum(1) if keys.shape[0] != B else keys.sum(1)  # [B] keys each row selects
+        beyond = torch.arange(nk, device=w.device)[None, :] >= n.to(w.device)[:, None]  # [B, Nk]
+        over = (w.detach() != 0) & (beyond[:, None, :] if w.dim() == 3 else beyond)
+        if bool(over.any()):  # ragged rows padded with mass: legitimate, but that mass is not injected
+            rows = over.reshape(B, -1).any(1).nonzero().flatten().tolist()
+            warn(f"{self.name}: rows {rows} select fewer {describe(self.keys)} keys ({n[rows].tolist()}) than the "
+                 f"weights have entries ({nk}), and their weights beyond their own keys are non-zero: those entries "
+                 "are ignored, not renormalised; pad shorter rows with 0 to say so")
         return ctx.rows(w)
 
     def edits(self, ctx):
@@ -102,7 +114,9 @@ class InjectAttention(Intervention):
         qsel = s["q"].any(0).nonzero()
         per_query = not callable(self.weights) and self.weights.dim() == 3  # tied to the full prompt's rows
         start = 0 if per_query or not len(qsel) else int(qsel[0])
-        return [EditProbs(layers=self.layers, fn=self._apply, start=start, decode=self.decode)]
+        rows = s["q"] if self.decode else s["q"] & ~ctx.layout.generated.to(s["q"].device)
+        return [EditProbs(layers=self.layers, fn=self._apply, start=start, decode=self.decode,
+                          target=(rows, s["k"]))]
 
     def _apply(self, call, p, vis):
         ctx = call.ctx
@@ -110,8 +124,13 @@ class InjectAttention(Intervention):
         rows, cols = call.rows(s["q"]), call.cols(s["k"])
         if callable(self.weights):
             w = self.weights(ctx, call)
+            if not isinstance(w, torch.Tensor):
+                raise InputError(f"{self.name}: the weights callable returned {type(w).__name__}; return a float "
+                                 "tensor [B, Nk]")
             check_weights(w, self.name)
-            w = self._fit(ctx, w.to(call.q.device), s["k"]) if w.shape[0] != call.B else w.to(call.q.device)
+            w = w.to(call.q.device)
+            expanded = w.shape[0] == call.B != len(ctx.batch)  # already one row per beam / returned sequence
+            w = w if expanded else self._fit(ctx, w, s["k"])
         else:
             w = s["w"]
             if w.dim() == 3 and w.shape[1] != call.Q:
@@ -119,10 +138,18 @@ class InjectAttention(Intervention):
                                 f"has {call.Q} query rows; use [B, Nk] weights or decode=False")
         full = _scatter_keys(w, cols)
         s["applied"].append((ctx.step, call.layer))
+        n = (rows[:, :, None] & cols[:, None, :] & vis).sum()  # entries written that the mask lets through
+        s["visible"][call.layer] = s["visible"].get(call.layer, 0) + n
         return inject_probs(p, rows, cols, full.to(p.dtype), vis, float(self.alpha), self.mode)
 
     def finish(self, ctx):
-        return {"applied": list(ctx.scratch(self)["applied"])}
+        """applied: [(step, layer)]; entries / kept: {layer: n} (query, key) entries targeted over the planned
+        positions and those no cut removes (the plan's count); visible: {layer: n} entries actually written
+        through the mask, summed over steps (≤ kept; fewer when generation stops early or decode=False)."""
+        s = ctx.scratch(self)
+        cov = ctx.coverage.get(self.name, {}).get("layers", {})
+        return {"applied": list(s["applied"]), "entries": {l: n for l, (n, _) in cov.items()},
+                "kept": {l: k for l, (_, k) in cov.items()}, "visible": {l: int(v) for l, v in s["visible"].items()}}
 
 
 def check_weights(w: torch.Tensor, name: str) -> None:

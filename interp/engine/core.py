@@ -10,7 +10,7 @@ position it touches (`start`), and a prefix of P positions is reused only when e
 | `Cut(queries, keys, layers)` | cut attention from query positions to key positions | mask builder (all layers) or each layer's attention call |
 | `EditProbs(layers, fn, start)` | `fn(call, probs, visible) → probs` after masks | attention call |
 | `ReadProbs(layers, fn, start)` | `fn(call)` sees the final probabilities | attention call, after every edit |
-| `EditOutput(site, layers, fn, start)` | `fn(ctx, layer, value) → value or None` | "attn_out", "mlp_out", "resid" |
+| `EditOutput(site, layers, fn, start)` | `fn(ctx, layer, value) → value/None` | "heads", "attn_out", "mlp_out", "resid" |
 | `TapInputs(fn)` | `fn(ctx, kwargs)` sees what the language model receives | language model input |
 
 No nnsight here: this module is the vocabulary shared by the engine and every intervention.
@@ -25,7 +25,7 @@ import torch
 
 from ..errors import InputError
 
-SITES = ("resid", "attn_out", "mlp_out")
+SITES = ("resid", "attn_out", "mlp_out", "heads")
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,12 +46,15 @@ class Cut:
 @dataclass(frozen=True, eq=False)
 class EditProbs:
     """`fn(call, probs [B, H, Q, K] float32, visible [B, Q, K] bool) → probs` at `layers`, applied in order after
-    the masks; `start`: the first query position whose row may change; `decode`: also at decode steps."""
+    the masks; `start`: the first query position whose row may change; `decode`: also at decode steps.
+    `target`: (queries, keys) bool `[B*, T+N]`, the entries it writes (an injection), if it has such; the plan
+    then refuses a composition whose cuts remove every one of them and warns when they remove some."""
 
     layers: tuple
     fn: Callable
     start: int = 0
     decode: bool = True
+    target: tuple | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,16 +70,23 @@ class ReadProbs:
 @dataclass(frozen=True, eq=False)
 class EditOutput:
     """`fn(ctx, layer, value [B, Q, D]) → new value or None` at a module output of `layers`: "resid" (decoder
-    layer), "attn_out" (attention block), "mlp_out". `start`: first position read or written."""
+    layer), "attn_out" (attention block), "mlp_out"; or "heads": each attention head's output before the
+    output projection, value [B, Q, H, Dh] (the projection's input, one slice per head). `start`: first
+    position read or written. `skip` (site "resid" only): the decoder layer does not run at all and
+    `fn(ctx, layer, None)` gives its output, e.g. a stored run's where nothing before it changed."""
 
     site: str
     layers: tuple
     fn: Callable
     start: int = 0
+    skip: bool = False
 
     def __post_init__(self):
         if self.site not in SITES:
             raise InputError(f"site must be one of {SITES}, got {self.site!r}")
+        if self.skip and self.site != "resid":
+            raise InputError(f"EditOutput(skip=True) replaces a whole decoder layer: site must be 'resid', got "
+                             f"{self.site!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,6 +152,7 @@ class Context:
     offered: "Prefix | None" = None
     prefix: "Prefix | None" = None
     prefix_reason: str = ""
+    coverage: dict = field(default_factory=dict)  # plan: {name: {"layers": {layer: (entries, kept)}, "cutters"}}
 
     @property
     def device(self):

@@ -1,5 +1,13 @@
 """Planning: the interventions' edits collected per site, validated against the model and the batch, and the
-decision whether a pass may start after a reused KV prefix. No nnsight here."""
+decision whether a pass may start after a reused KV prefix. No nnsight here.
+
+What is checked once the batch is known (what can be checked earlier is checked when an intervention is built):
+the batch belongs to this model's processor (`check_batch`); every edit is one of the engine's and its layers
+exist; the model's attention implementation can take edits; every cut removes at least one causal edge and
+leaves every row a visible key (`check_cuts`); an injection (an `EditProbs` with a `target`) keeps at least
+one entry after the other interventions' cuts (`check_targets`: an error when they cut all of them, an
+`InterpWarning` when they cut some; the counts go to `ctx.coverage` for its diagnostics).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, NoEffectError, warn
 from .core import Cut, EditOutput, EditProbs, ReadProbs, TapInputs, EDITS
+
+ATTENTION = ("sdpa", "eager")
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ def make_plan(ctx, edits: list) -> Plan:
     """`edits`: [(intervention, [edit, ...]), ...] in composition order."""
     L = ctx.vlm.num_layers
     cuts, layer_cuts, probs, reads, outputs, taps = [], {}, {}, {}, {}, []
-    start, firsts = 10**12, {}
+    start, firsts, owner = 10**12, {}, {}
     for iv, es in edits:
         for e in es:
             if not isinstance(e, EDITS):
@@ -64,7 +74,9 @@ def make_plan(ctx, edits: list) -> Plan:
                                  f"{', '.join(c.__name__ for c in EDITS)}")
             start = min(start, e.start)
             firsts[iv.name] = min(firsts.get(iv.name, 10**12), e.start)
+            owner[id(e)] = iv.name
             if isinstance(e, Cut):
+                _check_cut(ctx.layout, e, iv.name)
                 if e.layers is None:
                     cuts.append(e)
                 else:
@@ -82,10 +94,106 @@ def make_plan(ctx, edits: list) -> Plan:
     plan = Plan(cuts=tuple(cuts), layer_cuts={k: tuple(v) for k, v in layer_cuts.items()},
                 probs={k: tuple(v) for k, v in probs.items()}, reads={k: tuple(v) for k, v in reads.items()},
                 outputs={k: tuple(v) for k, v in outputs.items()}, taps=tuple(taps), start=start)
+    if (plan.cuts or plan.attention_layers) and not ctx.vlm.remote:
+        impl = ctx.vlm.attn_implementation
+        if impl not in ATTENTION:
+            raise InputError(f"the model now uses attn_implementation={impl!r}, which takes no edited mask; interp "
+                             f"cuts and reads attention under {ATTENTION}: vlm.hf.set_attn_implementation('sdpa')")
     for l in sorted(set(plan.layer_cuts)) or [None]:
         check_cuts(ctx.layout, plan.cuts + plan.layer_cuts.get(l, ()), layer=l)
+    check_targets(ctx, plan, owner)
     _choose_prefix(ctx, plan, firsts)
     return plan
+
+
+def check_batch(vlm, batch) -> None:
+    """The batch is an interp `Batch` made by this model's processor (same tokenizer, image processor, image
+    token and vision geometry: another checkpoint of one family may share them) and sits on the model's device."""
+    if not (hasattr(batch, "inputs") and hasattr(batch, "layout")):  # duck-typed: the engine imports no models
+        raise InputError(f"expected an interp Batch, got {type(batch).__name__}; make one with "
+                         "vlm.prepare(images=[...], questions=[...])")
+    made, mine = getattr(batch, "made_by", None), getattr(vlm, "batch_key", None)
+    if made is not None and mine is not None and made[0] != mine[0]:
+        raise InputError(f"this Batch was prepared by {made[1]} but is run on {mine[1]}: its token ids and pixel "
+                         "values belong to the processor that made them; prepare it with this model: "
+                         "vlm.prepare(images=..., questions=...)")
+    if not vlm.remote and not getattr(vlm.hf, "hf_device_map", None):  # a device map moves inputs itself
+        dev, bdev = torch.device(vlm.device), batch.input_ids.device
+        if bdev.type != dev.type or (dev.index is not None and bdev.index != dev.index):
+            raise InputError(f"the batch is on {bdev} but the model is on {dev}; use batch.to({str(dev)!r}) or "
+                             "prepare it after moving the model")
+
+
+def _check_cut(layout, c: Cut, name: str) -> None:
+    """A cut's masks are bool [B*, T+N] over the run's layout and remove at least one causal, non-pad edge."""
+    for what, m in (("queries", c.queries), ("keys", c.keys)):
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != layout.shape:
+            got = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+            raise InputError(f"{name}: a Cut's {what} must be bool {layout.shape} (the run's rows × positions), "
+                             f"got {got}")
+    ok = ~layout.pad
+    if not bool((((c.keys.cpu() & ok).long().cumsum(1)) * (c.queries.cpu() & ok)).any()):
+        raise NoEffectError(f"{name}: its cut removes no causal edge in this batch (no selected key at or before "
+                            "a selected query); an intervention that does nothing is an error")
+
+
+def coverage(layout, queries: torch.Tensor, keys: torch.Tensor, cuts) -> tuple[int, int, list]:
+    """(entries, kept, cut per cut): the causal, non-pad (query, key) entries with `queries[b, q] & keys[b, k]`,
+    how many of them no cut in `cuts` removes, and how many each cut alone removes. Linear in T (query rows
+    grouped by which cuts select them, as in `check_cuts`)."""
+    ok = ~layout.pad
+    tq, tk = queries.cpu() & ok, keys.cpu() & ok  # [B, S]
+    entries = int((tk.long().cumsum(1) * tq).sum())
+    if not cuts or not entries:
+        return entries, entries, [0] * len(cuts)
+    qs = torch.stack([c.queries.cpu() for c in cuts])  # [E, B, S]
+    ks = torch.stack([c.keys.cpu() for c in cuts])
+    per_cut = ((tk[None] & ks).long().cumsum(2) * (tq[None] & qs)).sum((1, 2)).tolist()  # [E]
+    kept = 0
+    for b in range(layout.batch_size):
+        sig, inv = torch.unique(qs[:, b].T, dim=0, return_inverse=True)  # [U, E], [S]
+        for u in range(len(sig)):
+            rows = tq[b] & (inv == u)
+            if rows.any():
+                left = tk[b] & ~ks[sig[u], b].any(0)
+                kept += int((left.long().cumsum(0) * rows).sum())
+    return entries, kept, [int(n) for n in per_cut]
+
+
+def check_targets(ctx, plan, owner: dict) -> None:
+    """Every injection (`EditProbs` with a target) keeps some entries after the other interventions' cuts: none
+    left → `NoEffectError`; some cut → `InterpWarning`. Records {layer: (entries, kept)} in `ctx.coverage`."""
+    seen = {}
+    for l in sorted(plan.probs):
+        cuts = plan.cuts + plan.layer_cuts.get(l, ())
+        for e in plan.probs[l]:
+            if e.target is None:
+                continue
+            name = owner[id(e)]
+            mine = [c for c in cuts if owner[id(c)] != name]
+            key = (id(e), tuple(id(c) for c in mine))
+            if key not in seen:
+                seen[key] = coverage(ctx.layout, *e.target, mine)
+            n, kept, per_cut = seen[key]
+            cov = ctx.coverage.setdefault(name, {"layers": {}, "cutters": set()})
+            cov["layers"][l] = (n, kept)
+            cov["cutters"] |= {owner[id(c)] for c, k in zip(mine, per_cut) if k}
+    for name, cov in ctx.coverage.items():
+        layers = cov["layers"]
+        total, kept = sum(n for n, _ in layers.values()), sum(k for _, k in layers.values())
+        where = f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+        cutters = ", ".join(sorted(cov["cutters"]))
+        if total == 0:
+            raise NoEffectError(f"{name}: no causal (query, key) entry to inject into at {where} (every selected "
+                                "key comes after every selected query); an intervention that does nothing is an error")
+        if kept == 0:
+            raise NoEffectError(
+                f"{name} injects into {total} (query, key) entries at {where} and {cutters} cut{'' if ',' in cutters else 's'} "
+                "every one of them (cut edges stay cut: masks win), so the injection would do nothing; cut fewer "
+                "edges (e.g. EdgeMask('template', 'vision')), inject into rows the cut keeps, or drop one of them")
+        if kept < total:
+            warn(f"{cutters} cut{'' if ',' in cutters else 's'} some of the entries {name} injects into at {where}; "
+                 f"those stay zero (masks win). out.diagnostics[{name!r}]['kept'] counts what survives per layer")
 
 
 def check_cuts(layout, cuts, layer=None) -> None:

@@ -11,7 +11,7 @@ import torch
 from ..errors import InputError
 from . import decode, walk
 from .core import Context, Intervention, repeat_layout
-from .plan import make_plan
+from .plan import check_batch, make_plan
 
 
 @dataclass
@@ -52,6 +52,7 @@ class Run:
 
         grad: keep the autograd graph (e.g. to train through an injection); inputs: extra model inputs
         (e.g. position_ids); return_cache: run with use_cache and return the KV cache as `.cache`."""
+        check_batch(self.vlm, batch)
         ctx = Context(vlm=self.vlm, batch=batch, layout=batch.layout, inputs={**batch.inputs, **(inputs or {})},
                       interventions=self.interventions)
         with torch.set_grad_enabled(grad):
@@ -75,6 +76,7 @@ class Run:
         `return_dict_in_generate`, ...) and honours the model's generation_config; without interventions the
         tokens are exactly HF's. Returns `GenerateOutput`: `.sequences` [B·num_return_sequences, T+n],
         `.texts`, `.diagnostics`, and HF's own fields (`.scores`, ...) when it returns a dict."""
+        check_batch(self.vlm, batch)
         if max_new_tokens is not None:
             if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
                 raise InputError(f"max_new_tokens must be an int ≥ 1, got {max_new_tokens!r}")

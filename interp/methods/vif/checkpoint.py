@@ -3,8 +3,9 @@
     DIR/vif.safetensors   CVAE state dict
     DIR/vif.json          {"format": "interp.vif", "version", "cvae": VIFConfig fields, "vif": pairs, alpha,
                            normalize, decode, sample, positions, queries, "base_model": vlm.identity(),
-                           "step", "training": {...}}
+                           "base_weights": vlm.weights_fingerprint(), "step", "training": {...}}
     DIR/train_state.pt    optimizer + scheduler state and step (resuming only; not needed to load a VIF)
+    DIR/base.{safetensors,json}  a joint run's fine-tuned base modules (`joint.py`; vif.json's "base" names them)
 
 Every file is written to a temporary name in the same directory, fsynced, then `os.replace`d, so a crash
 leaves either the old or the new file, never a torn one. The JSON is written last and names the step the
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from interp.errors import CheckpointError
+from interp.errors import CheckpointError, warn
 from interp.methods.vif.cvae import CVAE, VIFConfig
 
 FORMAT = "interp.vif"
@@ -50,8 +51,9 @@ def _dir(path) -> Path:
     return p.parent if p.name in (CONFIG, WEIGHTS) else p
 
 
-def save_vif(vif, path, vlm, *, step: int | None = None, extra: dict | None = None) -> Path:
-    """Write `vif`'s CVAE and config for base model `vlm` into directory `path`; returns the directory."""
+def save_vif(vif, path, vlm, *, step: int | None = None, extra: dict | None = None, base: dict | None = None) -> Path:
+    """Write `vif`'s CVAE and config for base model `vlm` into directory `path`; returns the directory.
+    base: what `joint.save_base` returned, for a CVAE trained with a fine-tuned base (written beside it)."""
     from safetensors.torch import save_file
 
     if vif.module is None:
@@ -67,10 +69,13 @@ def save_vif(vif, path, vlm, *, step: int | None = None, extra: dict | None = No
                 "normalize": vif.normalize, "decode": bool(vif.decode), "sample": bool(vif.sample),
                 "positions": bool(vif.positions), "queries": queries},
         "base_model": vlm.identity(),
+        "base_weights": _weights_fingerprint(vlm),
         "parameters": vif.module.num_parameters(),
         "step": step,
         "training": extra or {},
     }
+    if base is not None:
+        cfg["base"] = base
     text = json.dumps(cfg, indent=2, sort_keys=False) + "\n"
     _atomic(d / CONFIG, lambda tmp: tmp.write_text(text))
     return d
@@ -107,6 +112,43 @@ def check_identity(saved: dict, current: dict, where) -> None:
             "it was trained on, or train one for this model (python -m interp.vif.train --model DIR --out OUT)")
 
 
+def _weights_fingerprint(vlm):
+    get = getattr(vlm, "weights_fingerprint", None)  # VLM.weights_fingerprint; None for fakes and remote models
+    return get() if callable(get) else None
+
+
+def same_weights(saved: dict, current: dict) -> bool:
+    """Two `VLM.weights_fingerprint`s name the same weights: equal shapes, and equal hashes (same dtype) or
+    equal sampled values up to the rounding of a dtype cast (fp32 → bf16 / fp16)."""
+    for name, s in saved.items():
+        c = current.get(name)
+        if c is None or list(c["shape"]) != list(s["shape"]):
+            return False
+        if c["dtype"] == s["dtype"]:
+            if c["sha1"] != s["sha1"]:
+                return False
+        elif not torch.allclose(torch.tensor(c["sample"]), torch.tensor(s["sample"]), rtol=1e-2, atol=1e-3):
+            return False
+    return True
+
+
+def check_weights(saved, vlm, where, allow_other_base: bool = False) -> None:
+    """Refuse a checkpoint whose base weights differ from `vlm`'s (`allow_other_base=True` accepts them)."""
+    current = _weights_fingerprint(vlm)
+    if allow_other_base or current is None:
+        return
+    if not saved:
+        warn(f"{where} records no fingerprint of its base weights (saved before interp checked them): cannot tell "
+             "whether it was trained on this model; re-save it with VIF.save to record one")
+        return
+    if not same_weights(saved, current):
+        raise CheckpointError(
+            f"{where} was trained on other base weights than this model's (same architecture and size, but its "
+            f"fingerprint of embed_tokens / lm_head, sha1 {saved.get('embed_tokens', {}).get('sha1')}, differs "
+            f"from this model's, {current['embed_tokens']['sha1']}): its maps read hidden states this model does "
+            "not produce. Load it with the model it was trained on, or pass allow_other_base=True to use it anyway")
+
+
 def load_module(path, device=None) -> tuple[CVAE, dict]:
     """(CVAE with the saved weights, config dict) — no base-model check; `load_vif` does that."""
     from safetensors.torch import load_file
@@ -133,12 +175,17 @@ def load_module(path, device=None) -> tuple[CVAE, dict]:
     return module.eval(), cfg
 
 
-def load_vif(path, vlm, **fields):
-    """`VIF.load`: the checkpoint's CVAE and settings, checked against `vlm.identity()`."""
+def load_vif(path, vlm, *, allow_other_base: bool = False, **fields):
+    """`VIF.load`: the checkpoint's CVAE and settings, checked against `vlm.identity()` and its base weights."""
     from interp.methods.vif.intervention import VIF
 
     cfg = read_config(path)
     check_identity(cfg.get("base_model", {}), vlm.identity(), _dir(path))
+    if cfg.get("base") and not allow_other_base:  # trained jointly with a fine-tuned base: vlm must carry it
+        from interp.methods.vif.joint import check_base
+
+        check_base(_dir(path), vlm)  # first: its message says how to load that base (interp.vif.load_joint)
+    check_weights(cfg.get("base_weights"), vlm, _dir(path), allow_other_base)
     module, cfg = load_module(path, device=vlm.device)
     saved = {k: v for k, v in cfg.get("vif", {}).items() if k in VIF_FIELDS}
     if saved.get("queries") == "text":  # checkpoints before the token-group split: "text" meant after the image

@@ -10,7 +10,8 @@ into the attention probabilities of text-query rows × vision-key columns:
 
 so an edge cut by `EdgeMask` / AIF stays exactly zero under VIF.
 
-    vif = interp.VIF.load("interp/toy/vif", vlm)                   # or interp.VIF.build(vlm) (untrained)
+    vif = interp.VIF.load("interp/toy/vif_ablation/vif_frozen", vlm)   # or interp.VIF.build(vlm) (untrained)
+    vlm2, vif2 = interp.vif.load_joint("interp/toy/vif")           # the shipped toy VIF: trained with its base
     out = interp.intervene(vlm, vif).generate(batch, max_new_tokens=4)
     out.diagnostics["vif"]["maps"][0]                              # [B, Nv] map of the first pair
 """
@@ -26,6 +27,7 @@ from interp.attention.inject import _scatter_keys, inject_probs
 from interp.errors import InputError, SiteError
 from interp.engine import EditOutput, EditProbs, Intervention, repeat_layout
 from interp.engine.core import describe
+from interp.layout import check_group
 from interp.methods.vif.cvae import CVAE, VIFConfig
 from interp.methods.vif.gmm import GMMParams, gmm_entropy, gmm_volume, grid_points, render_gmm_points
 
@@ -165,6 +167,8 @@ class VIF(Intervention):
         tokens, the default; or any token group / bool [B, T]).
     training: teacher-forced training pass: z from the posterior (question + answer tokens, reparameterised
         sample) and the loss terms KL, entropy and volume in the diagnostics (graph attached).
+    detach: the CVAE reads the base's hidden states detached (True, a frozen base); False lets the CVAE's
+        loss terms reach the base, as the reference's joint fine-tune does (its hook reads `output[0]` as is).
 
     Diagnostics (`out.diagnostics[name]`): pairs; maps (per pair [B, Nv] float32 over the row's vision tokens
     in sequence order, NaN padded, 0 on tokens that cover no patch); mixtures (per pair a `GMMParams`);
@@ -180,13 +184,16 @@ class VIF(Intervention):
     positions: bool = True
     queries: object = "after_image"
     training: bool = False
+    detach: bool = True
     name: str = "vif"
 
     def __post_init__(self):
         if self.normalize not in NORMALIZE:
             raise InputError(f"VIF normalize must be one of {NORMALIZE}, got {self.normalize!r}")
-        if not 0.0 <= float(self.alpha) <= 1.0:
-            raise InputError(f"VIF alpha must be in [0, 1] (A' = (1 − α)·A + α·M), got {self.alpha}")
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= float(a) <= 1.0:
+            raise InputError(f"VIF alpha must be a number in [0, 1] (A' = (1 − α)·A + α·M), got {a!r}")
+        check_group(self.queries, f"{self.name} queries")
         if self.module is not None and not isinstance(self.module, CVAE):
             raise InputError(f"VIF module must be an interp CVAE, got {type(self.module).__name__}")
         if self.pairs is not None:
@@ -218,12 +225,14 @@ class VIF(Intervention):
         return cls(module=module, pairs=pairs, **fields)
 
     @classmethod
-    def load(cls, path, vlm, **fields) -> "VIF":
+    def load(cls, path, vlm, *, allow_other_base: bool = False, **fields) -> "VIF":
         """A trained VIF from a checkpoint directory (or its vif.json); refuses one made for another base model
-        (`CheckpointError`). `fields` override the saved alpha / normalize / decode / sample / queries."""
+        (`CheckpointError`): another architecture or size, or other base weights (a fingerprint of the input
+        embedding and output head, `VLM.weights_fingerprint`); `allow_other_base=True` accepts other weights of
+        the same architecture. `fields` override the saved alpha / normalize / decode / sample / queries."""
         from interp.methods.vif.checkpoint import load_vif
 
-        return load_vif(path, vlm, **fields)
+        return load_vif(path, vlm, allow_other_base=allow_other_base, **fields)
 
     def save(self, path, vlm, *, extra: dict | None = None):
         """Write the CVAE weights (safetensors) and config + base-model identity (JSON) into directory `path`."""
@@ -286,7 +295,9 @@ class VIF(Intervention):
         out = [EditOutput("resid", tuple(sorted({e for e, _ in pairs})), self._extract, start=0)]
         # alpha = 0 reads the maps (diagnostics) but never touches attention: bit-identical to the plain model
         if float(self.alpha) != 0.0:
-            out.append(EditProbs(layers=tuple(i for _, i in pairs), fn=self._inject, start=0, decode=self.decode))
+            rows = s["rows"] if self.decode else s["rows"] & ~ctx.layout.generated.to(s["rows"].device)
+            out.append(EditProbs(layers=tuple(i for _, i in pairs), fn=self._inject, start=0, decode=self.decode,
+                                 target=(rows, s["cols"])))
         return out
 
     def _extract(self, ctx, layer, value):
@@ -295,7 +306,7 @@ class VIF(Intervention):
         s = ctx.scratch(self)
         m = self.module
         dev = next(m.parameters()).device
-        h = value.detach().to(dev)  # [B, T, D]; the base model is frozen: no gradient into it
+        h = (value.detach() if self.detach else value).to(dev)  # [B, T, D]
 
         def take(pos):
             pos = pos.to(dev)
@@ -315,8 +326,10 @@ class VIF(Intervention):
         s["maps"][layer], s["mix"][layer] = maps, mix
         s["source"] = out.source
         if self.training:
+            from interp.methods.vif.diagnostics import kl_per_dim
+
             s["terms"][layer] = (m.kl(out.post, out.prior), gmm_entropy(maps).mean(),
-                                 gmm_volume(mix.sigmas, mix.weights).mean())
+                                 gmm_volume(mix.sigmas, mix.weights).mean(), kl_per_dim(out.post, out.prior))
         return None
 
     def _inject(self, call, p, vis):
@@ -353,8 +366,9 @@ class VIF(Intervention):
                          for e, _ in pairs],
             "source": s.get("source"),
             "applied": list(s["applied"]),
+            "kept": {l: k for l, (_, k) in ctx.coverage.get(self.name, {}).get("layers", {}).items()},
         }
         if self.training:  # one CVAE pass per distinct extraction layer; mean over them
             terms = list(s["terms"].values())
-            out["kl"], out["entropy"], out["volume"] = (torch.stack(t).mean() for t in zip(*terms))
+            out["kl"], out["entropy"], out["volume"], out["kl_dims"] = (torch.stack(t).mean(0) for t in zip(*terms))
         return out
