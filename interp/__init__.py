@@ -12,17 +12,12 @@ Every error is an `interp.InterpError`; its subclasses and `InterpWarning` are i
 from importlib import import_module
 
 from .errors import InterpError
-from .layout import TokenLayout
 
 _LAZY = {
     "load": ("interp.models", "load"),
-    "VLM": ("interp.models", "VLM"),
-    "Batch": ("interp.models", "Batch"),
-    "intervene": ("interp.interventions", "intervene"),
-    "Intervention": ("interp.interventions", "Intervention"),
+    "intervene": ("interp.engine", "intervene"),
     "capture": ("interp.attention.capture", "capture"),
     "Capture": ("interp.attention.capture", "Capture"),
-    "AttentionStats": ("interp.attention.capture", "AttentionStats"),
     "EdgeMask": ("interp.attention.masks", "EdgeMask"),
     "InjectAttention": ("interp.attention.inject", "InjectAttention"),
     "VIF": ("interp.methods.vif", "VIF"),
@@ -32,14 +27,16 @@ _LAZY = {
     "knockout_flow": ("interp.flow", "knockout_flow"),
     "AIF": ("interp.methods.aif", "AIF"),
     "evaluate": ("interp.evaluation", "evaluate"),
-    "compare": ("interp.evaluation", "compare"),
     "zoo": ("interp.models.zoo", None),
     "toy": ("interp.toy", None),
     "vif": ("interp.methods.vif", None),
     "data": ("interp.data", None),
 }
 
-__all__ = ["InterpError", "TokenLayout", *_LAZY]
+# The public surface: the verbs and interventions a study needs. The types they return live in their modules
+# (interp.models.VLM / Batch, interp.layout.TokenLayout, interp.attention.capture.AttentionStats,
+# interp.engine.Intervention for writing your own, interp.evaluation.compare, interp.errors.*).
+__all__ = ["InterpError", *_LAZY]
 
 
 def __getattr__(name):
