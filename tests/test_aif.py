@@ -76,7 +76,8 @@ def test_aif_statistics_match_loop_over_eager_attentions(arch, criterion):
         ref = loop_aif(A, b.layout, r, ratios, criterion)
         n = len(ref["mu"])
         torch.testing.assert_close(d["mu"][r, :n].double(), torch.tensor(ref["mu"], dtype=torch.float64), atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(d["entropy"][r, :n].double(), torch.tensor(ref["entropy"], dtype=torch.float64), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(d["entropy"][r, :n].double(), torch.tensor(ref["entropy"], dtype=torch.float64),
+                                   atol=1e-5, rtol=1e-5)
         assert abs(float(d["S0"][r]) - ref["S0"]) < 1e-5
         torch.testing.assert_close(d["S"][r].double(), torch.tensor(ref["S"], dtype=torch.float64), atol=1e-5, rtol=1e-5)
         assert float(d["ratio"][r]) == pytest.approx(ref["ratio"])

@@ -164,11 +164,13 @@ def test_edge_mask_generate_matches_uncached_reference(arch, layers):
         T = ids.shape[1]
         blocked = text[:, :, None] & vision[:, None, :]
         allowed = torch.ones(T, T, dtype=torch.bool).tril()[None] & ~pad[:, None, :]
-        base = torch.zeros(ids.shape[0], 1, T, T).masked_fill(~(allowed | torch.eye(T, dtype=torch.bool))[:, None], torch.finfo(torch.float32).min)
+        keep = (allowed | torch.eye(T, dtype=torch.bool))[:, None]
+        base = torch.zeros(ids.shape[0], 1, T, T).masked_fill(~keep, torch.finfo(torch.float32).min)
         cut = torch.zeros_like(base).masked_fill(blocked[:, None], torch.finfo(torch.float32).min)
         inputs = dict(extra_inputs, input_ids=ids)
         if arch.startswith("qwen"):
-            inputs["position_ids"], _ = vlm.hf.model.get_rope_index(ids, (ids == vlm.image_token_id).int(), b.inputs["image_grid_thw"], None, am)
+            inputs["position_ids"], _ = vlm.hf.model.get_rope_index(ids, (ids == vlm.image_token_id).int(),
+                                                                    b.inputs["image_grid_thw"], None, am)
             inputs.pop("mm_token_type_ids", None)
         else:
             inputs["position_ids"] = (am.cumsum(1) - 1).clamp(min=0)
@@ -244,7 +246,8 @@ def _reference_inject(layers, rows, cols, w, alpha, mode):
         if mask is not None:
             mask = mask[..., : k.shape[2]]
             # a registered interface gets HF's bool (SDPA-style) mask: True = attend
-            mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min) if mask.dtype == torch.bool else mask
+            if mask.dtype == torch.bool:
+                mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
             s = s + mask
         p = torch.softmax(s.float(), -1)
         if getattr(module, "layer_idx", None) in layers and mask is not None:
@@ -257,7 +260,8 @@ def _reference_inject(layers, rows, cols, w, alpha, mode):
                     row = p[bi, :, qi].clone()
                     for ki in range(K):
                         if cols[bi, ki]:
-                            row[:, ki] = (1 - alpha) * row[:, ki] + alpha * w[bi, ki] if mode == "convex" else row[:, ki] + alpha * w[bi, ki]
+                            mixed = (1 - alpha) * row[:, ki] if mode == "convex" else row[:, ki]
+                            row[:, ki] = mixed + alpha * w[bi, ki]
                         if not vis[bi, qi, ki]:
                             row[:, ki] = 0
                     p[bi, :, qi] = row / row.sum(-1, keepdim=True)
@@ -287,7 +291,8 @@ def test_inject_matches_plain_reference(mode):
         vlm.hf.set_attn_implementation("eager")
     real = ~lay.pad
     torch.testing.assert_close(out.logits[real], ref[real], atol=1e-5, rtol=1e-5)
-    sd = interp.intervene(zoo("llava", "sdpa"), interp.InjectAttention(layers, "question", "vision", w, alpha=alpha, mode=mode)).forward(b)
+    inj = interp.InjectAttention(layers, "question", "vision", w, alpha=alpha, mode=mode)
+    sd = interp.intervene(zoo("llava", "sdpa"), inj).forward(b)
     torch.testing.assert_close(sd.logits[real], ref[real], atol=1e-5, rtol=1e-5)
 
 

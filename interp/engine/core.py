@@ -7,7 +7,7 @@ position it touches (`start`), and a prefix of P positions is reused only when e
 
 | edit | what it does | where |
 |---|---|---|
-| `Cut(queries, keys, layers)` | cut attention from query positions to key positions | mask builder (all layers) or each layer's attention call |
+| `Cut(queries, keys, layers)` | cut attention from query to key positions | mask builder (all layers) or layer's attention call |
 | `EditProbs(layers, fn, start)` | `fn(call, probs, visible) → probs` after masks | attention call |
 | `ReadProbs(layers, fn, start)` | `fn(call)` sees the final probabilities | attention call, after every edit |
 | `EditOutput(site, layers, fn, start)` | `fn(ctx, layer, value) → value/None` | "heads", "attn_out", "mlp_out", "resid" |

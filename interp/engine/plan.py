@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError, NoEffectError, warn
-from .core import Cut, EditOutput, EditProbs, ReadProbs, TapInputs, EDITS
+from .core import Cut, EditOutput, EditProbs, TapInputs, EDITS
 
 ATTENTION = ("sdpa", "eager")
 

@@ -327,8 +327,9 @@ def mu_mask(
     mu: [B, Nv] (NaN on invalid tokens); fraction in [0, 1]; valid: [B, Nv] bool or None (inferred as finite
     mu). Masks round(fraction · n_valid) valid tokens per row (round half up): the lowest-mu ones, the
     highest-mu ones, or a uniformly random subset (`generator` makes it reproducible; without one the draw is
-    on the CPU from the global RNG, so `torch.manual_seed` gives the same mask on every device). Ties in mu: lower index masked first. Unlike `choose_ratio`,
-    fraction = 1 (mask every token) is allowed: it is the "text blind to the image" control.
+    on the CPU from the global RNG, so `torch.manual_seed` gives the same mask on every device). Ties in mu:
+    lower index masked first. Unlike `choose_ratio`, fraction = 1 (mask every token) is allowed: it is the
+    "text blind to the image" control.
     Returns kept: [B, Nv] bool (False for masked and for invalid tokens).
 
     Paper finding it reproduces: masking 90% of the lowest-mu tokens barely changes accuracy; masking 10% of

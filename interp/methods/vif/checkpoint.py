@@ -93,7 +93,8 @@ def read_config(path) -> dict:
     except ValueError as e:
         raise CheckpointError(f"{f} is not valid JSON ({e}); the checkpoint is corrupt: retrain or restore it") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{f} is not an interp VIF config (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
+        fmt = cfg.get("format") if isinstance(cfg, dict) else None
+        raise CheckpointError(f"{f} is not an interp VIF config (format {fmt!r})")
     if int(cfg.get("version", 0)) > VERSION:
         raise CheckpointError(f"{f} has version {cfg['version']}; this interp reads up to {VERSION}: upgrade interp")
     return cfg
