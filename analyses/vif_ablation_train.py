@@ -101,6 +101,7 @@ def export(variant: str, steps: int, wall: float | None, vlm0) -> dict:
     import interp
     from interp.methods.vif import checkpoint as ckpt
     from interp.methods.vif.joint import read_base, save_base
+    from interp.methods.vif.loading import base_source
 
     src, dst = RUNS / variant, SHIP / variant
     if dst.exists():
@@ -114,7 +115,7 @@ def export(variant: str, steps: int, wall: float | None, vlm0) -> dict:
             for n in [n for n in params if n.startswith(tuple(m + "." for m in info["modules"]))]:
                 params[n].copy_(params[n].half().float())
         base = save_base(dst, vlm, info["modules"], train_modules=info["train_modules"], focus=info["focus"],
-                         inject=info.get("inject"), step=info["step"], dtype=torch.float16,
+                         inject=info.get("inject"), step=info["step"], dtype=torch.float16, source=base_source(vlm),
                          extra={k: info[k] for k in ("training",) if k in info})
     else:
         vlm, iv, base = vlm0, interp.VIF.load(src, vlm0), None

@@ -137,14 +137,3 @@ def logit_diff(logits: torch.Tensor, pos: torch.Tensor, good: torch.Tensor, bad:
     b = torch.arange(logits.shape[0])
     row = logits[b, pos]
     return row[b, good] - row[b, bad]
-
-
-
-def __getattr__(name):
-    # `patch_sweep` lives in `interp.sweep` (it builds on Record and Patch); imported here on demand for the
-    # old `from interp.patching import patch_sweep`
-    if name in ("patch_sweep", "PatchSweep"):
-        from . import sweep
-
-        return getattr(sweep, name)
-    raise AttributeError(f"module 'interp.patching' has no attribute {name!r}")

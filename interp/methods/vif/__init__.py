@@ -29,9 +29,9 @@ _LAZY = {  # lazy: the math is light, the intervention pulls in nnsight
     "gmm_volume": "interp.methods.vif.gmm", "grid_points": "interp.methods.vif.gmm",
     "GMMParams": "interp.methods.vif.gmm",
     "CVAE": "interp.methods.vif.cvae", "VIFConfig": "interp.methods.vif.cvae",
-    "load": "interp.methods.vif.checkpoint:load_vif", "save": "interp.methods.vif.checkpoint:save_vif",
-    "load_joint": "interp.methods.vif.joint", "apply_base": "interp.methods.vif.joint",
-    "load_pair": "interp.methods.vif.joint",
+    "load": "interp.methods.vif.intervention:load_vif", "save": "interp.methods.vif.checkpoint:save_vif",
+    "load_joint": "interp.methods.vif.loading", "apply_base": "interp.methods.vif.joint",
+    "load_pair": "interp.methods.vif.loading",
     "FixedMap": "interp.methods.vif.fixed", "PosteriorCollapseWarning": "interp.methods.vif.diagnostics",
 }
 

@@ -15,35 +15,25 @@ weights belong to; `train_state.pt` carries the same step, so a resume can tell 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from interp.errors import CheckpointError, warn
+from interp.training import atomic_write
 from interp.methods.vif.cvae import CVAE, VIFConfig
+from interp.methods.vif.identity import check_identity
 
 FORMAT = "interp.vif"
 VERSION = 1
 WEIGHTS, CONFIG, STATE = "vif.safetensors", "vif.json", "train_state.pt"
-IDENTITY_KEYS = ("architecture", "hidden_size", "num_layers")
 VIF_FIELDS = ("pairs", "alpha", "normalize", "decode", "sample", "positions", "queries")
 
 
 def _atomic(path: Path, write) -> None:
     """`write(tmp_path)` then fsync and rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # some writers create 0600 files; a checkpoint is meant to be shared
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, write)
 
 
 def _dir(path) -> Path:
@@ -100,19 +90,6 @@ def read_config(path) -> dict:
     return cfg
 
 
-def check_identity(saved: dict, current: dict, where) -> None:
-    """Refuse a checkpoint made for a different base model (architecture, hidden size, layer count)."""
-    diff = [k for k in IDENTITY_KEYS if saved.get(k) != current.get(k)]
-    if diff:
-        def show(i):
-            return f"{i.get('architecture')} (hidden size {i.get('hidden_size')}, {i.get('num_layers')} layers)"
-
-        raise CheckpointError(
-            f"{where} was trained for {show(saved)} but this model is {show(current)} (differs in: "
-            f"{', '.join(diff)}). A VIF reads one model's hidden states at fixed layers: load it with the model "
-            "it was trained on, or train one for this model (python -m interp.vif.train --model DIR --out OUT)")
-
-
 def _weights_fingerprint(vlm):
     get = getattr(vlm, "weights_fingerprint", None)  # VLM.weights_fingerprint; None for fakes and remote models
     return get() if callable(get) else None
@@ -151,7 +128,7 @@ def check_weights(saved, vlm, where, allow_other_base: bool = False) -> None:
 
 
 def load_module(path, device=None) -> tuple[CVAE, dict]:
-    """(CVAE with the saved weights, config dict) — no base-model check; `load_vif` does that."""
+    """(CVAE with the saved weights, config dict) — no base-model check; `load_parts` does that."""
     from safetensors.torch import load_file
 
     d = _dir(path)
@@ -176,25 +153,18 @@ def load_module(path, device=None) -> tuple[CVAE, dict]:
     return module.eval(), cfg
 
 
-def load_vif(path, vlm, *, allow_other_base: bool = False, **fields):
-    """`VIF.load`: the checkpoint's CVAE and settings, checked against `vlm.identity()` and its base weights."""
-    from interp.methods.vif.intervention import VIF
-
+def load_parts(path, vlm, *, allow_other_base: bool = False) -> tuple:
+    """(CVAE on `vlm`'s device, saved VIF fields) of a checkpoint, checked against `vlm.identity()` and its
+    base weights (`VIF.load` builds the intervention; a joint checkpoint's base is checked there first)."""
     cfg = read_config(path)
     check_identity(cfg.get("base_model", {}), vlm.identity(), _dir(path))
-    if cfg.get("base") and not allow_other_base:  # trained jointly with a fine-tuned base: vlm must carry it
-        from interp.methods.vif.joint import check_base
-
-        check_base(_dir(path), vlm)  # first: its message says how to load that base (interp.vif.load_joint)
     check_weights(cfg.get("base_weights"), vlm, _dir(path), allow_other_base)
     module, cfg = load_module(path, device=vlm.device)
     saved = {k: v for k, v in cfg.get("vif", {}).items() if k in VIF_FIELDS}
     if saved.get("queries") == "text":  # checkpoints before the token-group split: "text" meant after the image
         saved["queries"] = "after_image"
     saved["pairs"] = tuple(tuple(p) for p in saved.get("pairs", ())) or None
-    saved.update(fields)
-    return VIF(module=module, **saved)
-
+    return module, saved
 
 def save_train_state(path, optimizer, scheduler, step: int, extra: dict | None = None) -> None:
     state = {"step": int(step), "optimizer": optimizer.state_dict(),

@@ -230,9 +230,16 @@ class VIF(Intervention):
         (`CheckpointError`): another architecture or size, or other base weights (a fingerprint of the input
         embedding and output head, `VLM.weights_fingerprint`); `allow_other_base=True` accepts other weights of
         the same architecture. `fields` override the saved alpha / normalize / decode / sample / queries."""
-        from interp.methods.vif.checkpoint import load_vif
+        from interp.methods.vif.checkpoint import _dir, load_parts, read_config
+        from interp.methods.vif.identity import check_identity
+        from interp.methods.vif.joint import check_base
 
-        return load_vif(path, vlm, allow_other_base=allow_other_base, **fields)
+        cfg = read_config(path)
+        check_identity(cfg.get("base_model", {}), vlm.identity(), _dir(path))
+        if cfg.get("base") and not allow_other_base:  # trained jointly with a fine-tuned base
+            check_base(_dir(path), vlm)  # its message says how to load that base (interp.vif.load_joint)
+        module, saved = load_parts(path, vlm, allow_other_base=allow_other_base)
+        return cls(module=module, **{**saved, **fields})
 
     def save(self, path, vlm, *, extra: dict | None = None):
         """Write the CVAE weights (safetensors) and config + base-model identity (JSON) into directory `path`."""
@@ -372,3 +379,8 @@ class VIF(Intervention):
             terms = list(s["terms"].values())
             out["kl"], out["entropy"], out["volume"], out["kl_dims"] = (torch.stack(t).mean(0) for t in zip(*terms))
         return out
+
+
+def load_vif(path, vlm, **kw) -> VIF:
+    """`interp.vif.load(path, vlm)`: the same as `VIF.load(path, vlm, **kw)`."""
+    return VIF.load(path, vlm, **kw)

@@ -21,12 +21,12 @@ tower), or dotted attribute paths of `vlm.hf`.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from interp.errors import CheckpointError, InputError
+from interp.training import atomic_write
 
 BASE_WEIGHTS, BASE_CONFIG = "base.safetensors", "base.json"
 FORMAT = "interp.vif.base"
@@ -78,28 +78,19 @@ def trained_parameters(vlm, paths) -> dict:
 
 
 def _atomic(path: Path, write) -> None:
-    from interp.methods.vif.checkpoint import _atomic as atomic
-
-    atomic(path, write)
+    atomic_write(path, write)
 
 
-def base_source(vlm) -> str | None:
-    """How `load_joint` finds the base again: "toy" for the shipped toy model, else `vlm.source`."""
+def _source(vlm) -> str | None:
     src = getattr(vlm, "source", None)
-    try:
-        import interp.toy
-
-        if src is not None and os.path.realpath(str(src)) == os.path.realpath(interp.toy.CHECKPOINT_DIR):
-            return "toy"
-    except ImportError:
-        pass
     return None if src is None else str(src)
 
 
 def save_base(path, vlm, paths, *, train_modules=(), focus="cvae", inject=None, step=None, dtype=None,
-              extra=None) -> dict:
+              extra=None, source=None) -> dict:
     """Write the parameters of `vlm`'s modules at `paths` (base.safetensors) and base.json (last) into `path`.
-    dtype: store in this dtype (e.g. torch.float16 to halve a shipped file); None = as trained. Returns the
+    dtype: store in this dtype (e.g. torch.float16 to halve a shipped file); None = as trained. source: how
+    `interp.vif.load_joint` finds the base again ("toy", a hub id, a directory; default `vlm.source`). Returns the
     small dict a VIF config keeps under "base"."""
     from safetensors.torch import save_file
 
@@ -109,7 +100,8 @@ def save_base(path, vlm, paths, *, train_modules=(), focus="cvae", inject=None, 
     # the step again (a resume can tell a torn pair of files); one key: safetensors orders metadata at random
     meta = {f"{FORMAT}.step": str(step)}
     _atomic(d / BASE_WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata=meta))
-    info = {"format": FORMAT, "version": VERSION, "source": base_source(vlm), "identity": vlm.identity(),
+    source = source if source is not None else _source(vlm)
+    info = {"format": FORMAT, "version": VERSION, "source": source, "identity": vlm.identity(),
             "modules": list(paths), "train_modules": list(train_modules), "focus": focus, "inject": inject,
             "dtype": str(next(iter(state.values())).dtype).replace("torch.", "") if state else None,
             "parameters": int(sum(v.numel() for v in state.values())), "step": step, **(extra or {})}
@@ -179,7 +171,7 @@ def apply_base(path, vlm):
     if info is None:
         raise CheckpointError(f"{path} has no {BASE_CONFIG}: its VIF was trained on a frozen base; "
                               "load it with interp.VIF.load(path, vlm)")
-    from interp.methods.vif.checkpoint import check_identity
+    from interp.methods.vif.identity import check_identity
 
     check_identity(info.get("identity", {}), vlm.identity(), path)
     saved = _saved(path)
@@ -189,53 +181,3 @@ def apply_base(path, vlm):
         for n, v in saved.items():
             params[n].copy_(v.to(params[n].device, params[n].dtype))
     return vlm
-
-
-def load_joint(path, *, base=None, dtype=None, device=None):
-    """(vlm, intervention) of a joint checkpoint: a fresh base model with the fine-tuned weights applied,
-    and what was trained with it: a `VIF` (focus "cvae"), a `FixedMap` ("uniform" / "oracle": call
-    `.for_samples(samples)` for the oracle's boxes) or None (fine-tune only).
-
-    base: the base model to start from (hub id, directory, "toy"); default the "source" saved in base.json.
-    """
-    import interp
-
-    path = Path(path)
-    info = read_base(path)
-    if info is None:
-        raise CheckpointError(f"{path} has no {BASE_CONFIG}: not a joint checkpoint (a frozen-base VIF loads "
-                              "with interp.VIF.load(path, vlm))")
-    spec = base or info.get("source")
-    if spec is None:
-        raise InputError(f"{path}/{BASE_CONFIG} does not say which base model it fine-tuned; pass base=")
-    kw = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
-    vlm = interp.toy.load(**kw) if spec == "toy" else interp.load(spec, **kw)
-    apply_base(path, vlm)
-    focus = info.get("focus", "cvae")
-    if focus == "cvae" or (path / "vif.json").exists():
-        return vlm, interp.VIF.load(path, vlm)
-    if focus in ("uniform", "oracle"):
-        from interp.methods.vif.fixed import FixedMap
-
-        return vlm, FixedMap(**(info.get("inject") or {}))
-    return vlm, None
-
-
-def load_pair(path, vlm, **fields):
-    """(the model to run it on, VIF) for any VIF checkpoint, leaving `vlm` untouched: a frozen-base VIF (or
-    one whose fine-tuned base `vlm` already carries) runs on `vlm`; a joint one on a fresh copy of its
-    fine-tuned base in `vlm`'s dtype and device. fields: VIF overrides (alpha, normalize, ...)."""
-    import interp
-
-    path = Path(path)
-    if read_base(path) is None:
-        return vlm, interp.VIF.load(path, vlm, **fields)
-    try:
-        check_base(path, vlm)
-        return vlm, interp.VIF.load(path, vlm, **fields)
-    except CheckpointError:
-        jvlm, vif = load_joint(path, dtype=vlm.dtype, device=vlm.device)
-    if vif is None or not hasattr(vif, "module"):
-        raise CheckpointError(f"{path} holds a fine-tuned base without a CVAE (focus "
-                              f"{read_base(path).get('focus')!r}); load it with interp.vif.load_joint")
-    return jvlm, vif.with_(**fields) if fields else vif

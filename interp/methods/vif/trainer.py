@@ -43,6 +43,7 @@ from interp.methods.vif import checkpoint as ckpt
 from interp.methods.vif.diagnostics import CollapseWatch, evidence_mask, free_bits_kl, map_stats
 from interp.methods.vif.fixed import FixedMap
 from interp.methods.vif.intervention import VIF, scale_pairs
+from interp.methods.vif.loading import base_source
 from interp.methods.vif.joint import (BASE_WEIGHTS, FOCUS, apply_base, read_base, resolve_modules, save_base,
                                      saved_step, trained_parameters)
 
@@ -256,7 +257,7 @@ def _resume(vlm, out, vif, config, paths):
                                   "writes); use another out directory or delete this one")
         apply_base(out, vlm)
     if config.focus == "cvae":
-        saved = ckpt.load_vif(out, vlm)
+        saved = VIF.load(out, vlm)
         if vif is not None and vif.module is not None and asdict(vif.module.cfg) != asdict(saved.module.cfg):
             raise CheckpointError(f"{out} holds a VIF with sizes {asdict(saved.module.cfg)}, not the "
                                   f"{asdict(vif.module.cfg)} given; use another out directory to start over")
@@ -339,6 +340,7 @@ def train(vlm, samples, config: TrainConfig = TrainConfig(), *, out=None, vif: V
         base = None
         if joint:
             base = save_base(out, vlm, paths, train_modules=config.train_modules, focus=config.focus, step=step,
+                             source=base_source(vlm),
                              inject=fixed.settings() if fixed is not None else None,
                              extra=None if cvae else {"training": extra})
         if cvae:
