@@ -37,8 +37,11 @@ class BaseRun:
 
 
 @dataclass(frozen=True, eq=False)
-class _Tap(Intervention):
-    name: str = "variants_tap"
+class EmbedsTap(Intervention):
+    """Records what the language model received: `embeds` [B, T, D] (image features merged) and `positions`
+    (None where the model computes them), in its diagnostics. Replays and AIF's reused prefix start from it."""
+
+    name: str = "embeds_tap"
 
     def prepare(self, ctx):
         ctx.scratch(self).clear()
@@ -58,7 +61,7 @@ class _Tap(Intervention):
 
 def base_run(vlm, batch, *interventions) -> BaseRun:
     """One forward of `batch` (with `interventions`, e.g. a `Record`) that keeps what replays need."""
-    tap = _Tap()
+    tap = EmbedsTap()
     out = intervene(vlm, tap, *interventions).forward(batch, return_cache=True)
     kv = tuple((layer.keys, layer.values) for layer in out.cache.layers)
     d = out.diagnostics.pop(tap.name)

@@ -5,7 +5,6 @@ packs what HF returned with texts and diagnostics."""
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,13 +59,10 @@ def generation_inputs(vlm, batch) -> dict:
     """The batch's inputs plus the position_ids HF generate computes for the prefill (left padding counts from
     each row's first real token), so a profiling pass sees what generate will. M-RoPE families (Qwen) compute
     the same positions from the mask in a plain forward: nothing is added."""
-    hf = vlm.hf
     inputs = dict(batch.inputs)
-    if vlm.adapter.mrope:  # the model derives the same M-RoPE positions from the mask in a plain forward
-        return inputs
-    if "position_ids" in inspect.signature(hf.forward).parameters and hasattr(hf, "_prepare_position_ids_for_generation"):
-        kw = {k: v for k, v in inputs.items() if k != "input_ids"}
-        inputs["position_ids"] = hf._prepare_position_ids_for_generation(batch.input_ids, kw)
+    pos = vlm.generation_positions(batch)
+    if pos is not None:
+        inputs["position_ids"] = pos
     return inputs
 
 

@@ -17,15 +17,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import nnsight
 import torch
 
 from ..attention.capture import Capture
 from ..errors import InputError
 from ..layout import check_group
-from ..engine import Cut, Intervention, Prefix, TapInputs, intervene
+from ..engine import Cut, Intervention, Prefix, intervene
 from ..engine.core import describe
 from ..engine.plan import layer_tuple
+from ..variants import EmbedsTap
 from . import aif_math
 
 
@@ -92,7 +92,7 @@ class AIF(Intervention):
         P = int(last_vision.min()) + 1
         reuse, reason = self._reuse(ctx, P)
         cap = Capture(queries=queries, heads=self.heads, name="aif_profile")
-        tap = _EmbedsTap()
+        tap = EmbedsTap()
         ivs = (cap, tap) if reuse else (cap,)
         extra = {"position_ids": ctx.inputs["position_ids"]} if "position_ids" in ctx.inputs else {}
         out = intervene(vlm, *ivs).forward(batch, inputs=extra, return_cache=reuse)
@@ -154,25 +154,3 @@ def _warn_remote():
         warnings.warn("AIF on a remote model cannot reuse the profiling pass's KV cache (it stays on the server): "
                       "each AIF call runs two full passes", stacklevel=3)
         _WARNED.append(True)
-
-
-@dataclass(frozen=True, eq=False)
-class _EmbedsTap(Intervention):
-    """Records what the language model received: embeddings with image features merged, positions."""
-
-    name: str = "prefix_tap"
-
-    def prepare(self, ctx):
-        ctx.scratch(self).clear()
-
-    def edits(self, ctx):
-        return [TapInputs(self._tap)]
-
-    def _tap(self, ctx, kwargs):
-        s = ctx.scratch(self)
-        s["embeds"] = nnsight.save(kwargs["inputs_embeds"])
-        pos = kwargs.get("position_ids")
-        s["positions"] = nnsight.save(pos) if pos is not None else None
-
-    def finish(self, ctx):
-        return dict(ctx.scratch(self))

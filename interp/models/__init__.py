@@ -219,12 +219,15 @@ class VLM:
                      made_by=self.batch_key)
 
     def generation_positions(self, batch: Batch):
-        """position_ids as HF generate's prefill computes them (left padding: count from the first real token);
-        None for M-RoPE families, which derive them from the mask themselves."""
-        if self.adapter.mrope:
+        """position_ids [B, T] as HF generate's prefill computes them (its own
+        `_prepare_position_ids_for_generation`: left padding counts from each row's first real token); None for
+        M-RoPE families, which derive the same positions from the mask in a plain forward, and for models whose
+        forward takes no position_ids."""
+        hf = self.hf
+        if self.adapter.mrope or "position_ids" not in _forward_args(hf):
             return None
-        am = batch.inputs["attention_mask"]
-        return (am.long().cumsum(-1) - 1).masked_fill(am == 0, 1)
+        kw = {k: v for k, v in batch.inputs.items() if k != "input_ids"}
+        return hf._prepare_position_ids_for_generation(batch.input_ids, kw)
 
 
 def _forward_args(hf) -> set:
