@@ -11,7 +11,7 @@ one entry after the other interventions' cuts (`check_targets`: an error when th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -217,6 +217,38 @@ def check_cuts(layout, cuts, layer=None) -> None:
                 where = "" if layer is None else f" in layer {layer}"
                 raise InputError(f"the edge cuts leave row {b}, position {int(rows[0])} with no visible key{where}; "
                                  "keep at least one key (e.g. do not cut text queries from all text keys)")
+
+
+def lower_cuts(ctx, plan, prompt_len: int) -> tuple[Plan, torch.Tensor | None]:
+    """All-layer cuts that are, for this pass, a key mask: when every position the pass computes (from the
+    reused prefix on; pads aside) is one of a cut's queries and its keys all lie in the prompt, cutting
+    (query, key) is hiding the key from every query, which HF's own 2D `attention_mask` does. Such cuts leave
+    the plan (no per-forward edit at all; with nothing else to apply the pass is plain HF). Returns (the plan
+    without them, bool [B, prompt_len] keys to hide in the batch's un-expanded rows, or None)."""
+    if not plan.cuts:
+        return plan, None
+    lay, start = ctx.layout, ctx.prefix.length if ctx.prefix is not None else 0
+    B, e = len(ctx.batch), ctx.expand
+    computed = ~lay.pad.to(ctx.device)
+    computed[:, :start] = False
+    hide, keep = None, []
+    for c in plan.cuts:
+        keys = c.keys.view(B, e, -1)
+        lowerable = (bool((c.queries | ~computed).all()) and not bool(c.keys[:, prompt_len:].any())
+                     and bool((keys == keys[:, :1]).all()))  # HF expands a 2D mask row by row
+        if not lowerable:
+            keep.append(c)
+            continue
+        k = keys[:, 0, :prompt_len]
+        hide = k if hide is None else hide | k
+    if hide is None:
+        return plan, None
+    return replace(plan, cuts=tuple(keep)), hide
+
+
+def hide_keys(mask: torch.Tensor, hide: torch.Tensor | None) -> torch.Tensor:
+    """A 2D attention mask [B, T] with the `hide` keys zeroed (same dtype)."""
+    return mask if hide is None else mask * (~hide).to(mask.device, mask.dtype)
 
 
 def _choose_prefix(ctx, plan, firsts) -> None:

@@ -11,7 +11,7 @@ import torch
 from ..errors import InputError
 from . import decode, walk
 from .core import Context, Intervention, repeat_layout
-from .plan import check_batch, make_plan
+from .plan import check_batch, hide_keys, lower_cuts, make_plan
 
 
 @dataclass
@@ -63,7 +63,12 @@ class Run:
                 fwd = dict(ctx.inputs)
             if return_cache:
                 fwd["use_cache"] = True
-            logits, cache = walk.trace_forward(ctx, plan, fwd, return_cache)
+            plan, fwd = _lower(ctx, plan, fwd, batch.input_ids.shape[1])
+            if plan.empty and not self.vlm.remote:
+                out = self.vlm.hf(**fwd)
+                logits, cache = out.logits, (out.cache if return_cache else None)
+            else:
+                logits, cache = walk.trace_forward(ctx, plan, fwd, return_cache)
             if ctx.prefix is not None:  # no edit touched the prefix rows: take them from the profiling pass
                 P = ctx.prefix.length
                 logits = torch.cat([ctx.prefix.logits[:, :P].to(logits.dtype), logits], dim=1)
@@ -91,6 +96,7 @@ class Run:
         with torch.no_grad():
             plan = self._plan(ctx)
             inputs = decode.prefix_inputs(ctx) if ctx.prefix is not None else dict(batch.inputs)
+            plan, inputs = _lower(ctx, plan, inputs, batch.input_ids.shape[1])
             if plan.empty and not self.vlm.remote:  # nothing to apply: HF generate itself
                 result = self.vlm.hf.generate(**inputs, **hf_kw)
             else:
@@ -104,6 +110,18 @@ class Run:
 
     def _finish(self, ctx) -> dict:
         return {iv.name: iv.finish(ctx) for iv in self.interventions}
+
+
+def _lower(ctx, plan, inputs: dict, prompt_len: int):
+    """Moves the all-layer cuts that are a key mask for this pass into its 2D attention_mask (`lower_cuts`).
+    Only where the pass is given its position_ids: HF generate (and Qwen's M-RoPE) derive positions from the
+    2D mask otherwise, and hidden keys must not shift them."""
+    if ctx.prefix is None or "position_ids" not in inputs or inputs.get("attention_mask") is None:
+        return plan, inputs
+    plan, hide = lower_cuts(ctx, plan, prompt_len)
+    if hide is not None:
+        inputs = {**inputs, "attention_mask": hide_keys(inputs["attention_mask"], hide)}
+    return plan, inputs
 
 
 def intervene(vlm, *interventions) -> Run:
