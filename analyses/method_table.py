@@ -4,7 +4,7 @@ bootstrap intervals and paired McNemar tests against the plain model, as a figur
     python -m analyses.method_table --model toy --data toy --limit 400 --seed 0 --out figures
 
 VIF: `--vif DIR` (a checkpoint from `python -m interp.vif.train`); default for `--model toy` the shipped
-`interp/toy/vif`; otherwise an untrained `VIF.build(vlm)` (said so in the JSON: its numbers mean nothing).
+`interp/vif/checkpoints/toy`; otherwise an untrained `VIF.build(vlm)` (said so in the JSON: its numbers mean nothing).
 Oracle box: text queries see only the vision tokens whose patch overlaps an evidence box.
 Writes OUT/method_table.{json,png,pdf}; the JSON holds the Markdown table.
 """
@@ -30,7 +30,7 @@ def load_vif(vlm, args):
 
     path = args.vif
     if path is None and args.model == "toy":
-        path = os.path.join(os.path.dirname(interp.toy.CHECKPOINT_DIR), "vif")
+        path = interp.toy.VIF_DIR
     if path is not None and os.path.exists(path):
         shown = os.path.relpath(path, os.path.dirname(os.path.dirname(interp.toy.CHECKPOINT_DIR)))
         shown = f"interp/{shown}" if not shown.startswith("..") else path

@@ -141,7 +141,7 @@ def interventions(method: str, vlm, args) -> tuple[tuple, str, object]:
     if path is None and args.model == "toy":
         import interp.toy
 
-        path = os.path.join(os.path.dirname(interp.toy.CHECKPOINT_DIR), "vif")
+        path = interp.toy.VIF_DIR
     if path is None:
         raise InputError("--methods vif needs --vif DIR (a checkpoint from python -m interp.vif.train), or "
                          "--vif untrained for an untrained VIF (a smoke test: its numbers mean nothing)")

@@ -4,7 +4,7 @@ normalisation); a uniform map and the oracle map (evidence boxes) injected with 
 
     python -m analyses.vif_ablation --model toy --data toy --limit 400 --seed 0 --out figures
 
-The trained variants are the shipped checkpoints interp/toy/vif_ablation/<variant>/ (same scenes, steps,
+The trained variants are the shipped checkpoints interp/vif/checkpoints/ablation/<variant>/ (same scenes, steps,
 seed and learning rates for each; trained once by `python -m analyses.vif_ablation_train`, their cards give
 the exact commands); this analysis only evaluates them. Another model (`--model zoo:llava`, the tests) has no
 shipped variants: each is then trained in-process for `--train-steps` steps on toy scenes (a smoke path).
@@ -34,7 +34,7 @@ LABELS = {"base": "base model (no training)", "finetune": "fine-tune only", "vif
 COLORS = {"base": "#4d4d4d", "finetune": "#949494", "vif_frozen": "#cc78bc", "vif_joint": "#0173b2",
           "vif_joint_ref": "#56b4e9", "uniform_map": "#de8f05", "oracle_map": "#029e73"}
 CONTROL = "finetune"
-SHIPPED = Path(__file__).resolve().parent.parent / "interp" / "toy" / "vif_ablation"
+SHIPPED = Path(__file__).resolve().parent.parent / "interp" / "vif" / "checkpoints" / "ablation"
 SHORT = {"vif_frozen": "VIF\nfrozen", "vif_joint": "VIF\njoint", "vif_joint_ref": "VIF\nj. ref",
          "uniform_map": "unif.\nmap", "oracle_map": "oracle\nmap"}
 THIN = 10  # steps between the KL-trajectory points kept in the JSON
@@ -82,7 +82,7 @@ def _fresh(args):
 def _apply(d, args):
     """A joint checkpoint on a fresh copy of a non-toy model (load_joint needs a saved source)."""
     import interp
-    from interp.methods.vif.joint import read_base
+    from interp.vif.joint import read_base
 
     vlm = interp.vif.apply_base(d, _fresh(args))
     if (d / "vif.json").exists():
@@ -95,7 +95,7 @@ def _train_smoke(args) -> Path:
     """Each variant trained in-process for args.train_steps steps on toy scenes (no shipped variants)."""
     import interp
     from analyses.vif_ablation_train import compact_log
-    from interp.methods.vif.trainer import toy_stream
+    from interp.vif.trainer import toy_stream
 
     root = Path(args.out) / "vif_ablation_runs"
     specs = {"finetune": ("joint", "none", "paper"), "vif_frozen": ("frozen", "cvae", "paper"),
@@ -129,8 +129,8 @@ def _band(x) -> dict:
 
 def compute(vlm, samples, args) -> dict:
     import interp
-    from interp.methods.vif.diagnostics import evidence_mask, map_stats
-    from interp.methods.vif.trainer import _with_samples
+    from interp.vif.diagnostics import evidence_mask, map_stats
+    from interp.vif.trainer import _with_samples
 
     samples = common.with_boxes(samples, NAME)
     runs, root = _variants(vlm, args)
@@ -378,7 +378,7 @@ def plot(data, out_dir=None) -> list:
 
 def add_args(p):
     p.add_argument("--variants", default=None, help="folder of trained variants (default for --model toy: "
-                   "interp/toy/vif_ablation; otherwise each is trained in-process for --train-steps steps)")
+                   "interp/vif/checkpoints/ablation; otherwise each is trained in-process for --train-steps steps)")
     p.add_argument("--train-steps", type=int, default=2, help="in-process smoke training steps (no shipped variants)")
 
 

@@ -6,10 +6,10 @@
 Every variant runs `python -m interp.vif.train` on the shipped toy model with the same fresh scenes per step
 (seed 0), the same steps, batch, learning rates and CVAE initialisation; only what is trained and what is
 injected differ (`VARIANTS`). Runs go to runs/vif_ablation/<variant>/ (resumable), then are exported into
-interp/toy/vif_ablation/<variant>/: the CVAE (safetensors), the trained base modules in float16 (halves the
+interp/vif/checkpoints/ablation/<variant>/: the CVAE (safetensors), the trained base modules in float16 (halves the
 file; every number the analysis reports is measured on these stored weights), a compact per-step log and a
 card with the exact command and its wall time. The best VIF variant on a selection slice disjoint from the
-analysis's held-out scenes (`SELECT_SEED`) is copied to interp/toy/vif/, the shipped toy VIF.
+analysis's held-out scenes (`SELECT_SEED`) is copied to interp/vif/checkpoints/toy/, the shipped toy VIF.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIP = ROOT / "interp" / "toy" / "vif_ablation"
-TOY_VIF = ROOT / "interp" / "toy" / "vif"
+SHIP = ROOT / "interp" / "vif" / "checkpoints" / "ablation"
+TOY_VIF = ROOT / "interp" / "vif" / "checkpoints" / "toy"
 RUNS = ROOT / "runs" / "vif_ablation"
 COMMON = ["--model", "toy", "--batch-size", "16", "--seed", "0", "--threads", "1", "--eval-n", "0",
           "--save-every", "100", "--no-progress"]
@@ -99,9 +99,9 @@ def export(variant: str, steps: int, wall: float | None, vlm0) -> dict:
     import torch
 
     import interp
-    from interp.methods.vif import checkpoint as ckpt
-    from interp.methods.vif.joint import read_base, save_base
-    from interp.methods.vif.loading import base_source
+    from interp.vif import checkpoint as ckpt
+    from interp.vif.joint import read_base, save_base
+    from interp.vif.loading import base_source
 
     src, dst = RUNS / variant, SHIP / variant
     if dst.exists():
@@ -143,7 +143,7 @@ def select(variants=VIF_VARIANTS) -> tuple[str, dict]:
     """The VIF variant with the best greedy accuracy on the selection scenes: (variant, {name: evaluation}),
     the evaluations (accuracy, by family, map statistics) of the VIF variants and of the two references."""
     import interp
-    from interp.methods.vif.trainer import evaluate_focus
+    from interp.vif.trainer import evaluate_focus
 
     samples = interp.toy.dataset(SELECT_N, seed=interp.toy.EVAL_SEED + SELECT_SEED_OFFSET)
     evals = {}
@@ -162,7 +162,7 @@ def select(variants=VIF_VARIANTS) -> tuple[str, dict]:
 
 
 def ship(best: str, evals: dict) -> None:
-    """interp/toy/vif ← the chosen variant, with a card saying which and why."""
+    """interp/vif/checkpoints/toy ← the chosen variant, with a card saying which and why."""
     if TOY_VIF.exists():
         shutil.rmtree(TOY_VIF)
     shutil.copytree(SHIP / best, TOY_VIF)
@@ -216,7 +216,7 @@ def main(argv=None):
         print(json.dumps(export(v, args.steps, wall, vlm0)), file=sys.stderr)
     best, evals = select()
     ship(best, evals)
-    print(f"shipped {best} as interp/toy/vif ({ {v: round(e['accuracy'], 4) for v, e in evals.items()} })",
+    print(f"shipped {best} as interp/vif/checkpoints/toy ({ {v: round(e['accuracy'], 4) for v, e in evals.items()} })",
           file=sys.stderr)
 
 

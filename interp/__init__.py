@@ -20,7 +20,7 @@ _LAZY = {
     "Capture": ("interp.attention.capture", "Capture"),
     "EdgeMask": ("interp.attention.masks", "EdgeMask"),
     "InjectAttention": ("interp.attention.inject", "InjectAttention"),
-    "VIF": ("interp.methods.vif", "VIF"),
+    "VIF": ("interp.vif", "VIF"),
     "Patch": ("interp.patching", "Patch"),
     "patch_sweep": ("interp.sweep", "patch_sweep"),
     "logit_lens": ("interp.lens", "logit_lens"),
@@ -29,7 +29,7 @@ _LAZY = {
     "evaluate": ("interp.evaluation", "evaluate"),
     "zoo": ("interp.models.zoo", None),
     "toy": ("interp.toy", None),
-    "vif": ("interp.methods.vif", None),
+    "vif": ("interp.vif", None),
     "data": ("interp.data", None),
 }
 

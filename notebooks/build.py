@@ -28,9 +28,8 @@ TOUR = [
     ("code", "aif = interp.intervene(vlm, interp.AIF(max_ratio=0.5)).generate(batch, max_new_tokens=1)\n"
              "d = aif.diagnostics['aif']\nprint('chosen ratio per row', d['ratio'].tolist(), 'prefix reuse', d['reuse'])\n"
              "aif.texts"),
-    ("code", "import os\nvif_dir = os.path.join(os.path.dirname(interp.toy.CHECKPOINT_DIR), 'vif')\n"
-             "# the shipped toy VIF was trained jointly with its base: load_pair gives that base and the VIF\n"
-             "run_on, vif = interp.vif.load_pair(vif_dir, vlm) if os.path.exists(vif_dir) else (vlm, interp.VIF.build(vlm))\n"
+    ("code", "# the shipped toy VIF was trained jointly with its base: load_vif gives that base and the VIF\n"
+             "run_on, vif = interp.toy.load_vif()\n"
              "out = interp.intervene(run_on, vif).generate(batch, max_new_tokens=1)\nout.texts"),
     ("code", "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(3, 3))\n"
              "grid = lay.scatter(stats.vision_mean[-1, 0], row=0)[0]['image']\n"

@@ -13,17 +13,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = {
     0: ("interp.errors", "interp.layout", "interp.stats", "interp.training", "interp.plot", "interp.attention.ops",
         "interp.data.schema", "interp.data.scoring", "interp.data.lmms", "interp.data.hub", "interp.data.prompts",
-        "interp.data.aggregate", "interp.methods.aif_math", "interp.methods.vif.gmm", "interp.methods.vif.cvae",
-        "interp.methods.vif.diagnostics", "interp.methods.vif.identity", "interp.data.vqa_tables", "interp.toy.scenes",
+        "interp.data.aggregate", "interp.methods.aif_math", "interp.vif.gmm", "interp.vif.cvae",
+        "interp.vif.diagnostics", "interp.vif.identity", "interp.data.vqa_tables", "interp.toy.scenes",
         "interp.toy.processor"),
     1: ("interp.models", "interp.attention.sites", "interp.attention.check"),
     2: ("interp.engine",),
     3: ("interp.attention", "interp.interventions", "interp.patching", "interp.sweep", "interp.flow", "interp.lens",
         "interp.variants"),
-    4: ("interp.methods",),
+    4: ("interp.methods", "interp.vif"),
     # top: what loads models or data by name (the toy, hub ids) and drives runs: evaluation, trainers, CLIs
-    5: ("interp.evaluation", "interp.data", "interp.toy", "interp.vif", "interp.methods.vif.train",
-        "interp.methods.vif.trainer", "interp.methods.vif.loading"),
+    5: ("interp.evaluation", "interp.data", "interp.toy", "interp.vif.train",
+        "interp.vif.trainer", "interp.vif.loading"),
 }
 NAMES = ("core", "models", "engine", "interventions", "methods", "top")
 

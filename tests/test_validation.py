@@ -12,14 +12,14 @@ from PIL import Image
 
 import interp
 from interp.errors import CheckpointError, InputError, InterpWarning, NoEffectError
-from interp.methods.vif.cvae import VIFConfig
+from interp.vif.cvae import VIFConfig
 
 from conftest import zoo
 
 I, E = interp.InjectAttention, interp.EdgeMask
 NV = 64  # vision tokens per row of the toy model
-# the VIF trained on the unmodified shipped toy model (the shipped interp/toy/vif is a joint one: own base)
-FROZEN_VIF = "interp/toy/vif_ablation/vif_frozen"
+# the VIF trained on the unmodified shipped toy model (the shipped interp/vif/checkpoints/toy is a joint one: own base)
+FROZEN_VIF = "interp/vif/checkpoints/ablation/vif_frozen"
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +217,7 @@ def _one_row(vlm, b):
 
 
 def _cvae(d):
-    from interp.methods.vif.cvae import CVAE
+    from interp.vif.cvae import CVAE
 
     return CVAE(VIFConfig(d_model=d, width=16, latent=4, n_heads=2, n_queries=2, n_components=2))
 
@@ -271,7 +271,7 @@ def test_lenient_reading(toy, call, expected):
 
 def test_the_shipped_vif_records_its_base_weights(toy):
     vlm, _ = toy
-    from interp.methods.vif.checkpoint import read_config, same_weights
+    from interp.vif.checkpoint import read_config, same_weights
 
     saved = read_config(FROZEN_VIF)["base_weights"]
     assert same_weights(saved, vlm.weights_fingerprint())

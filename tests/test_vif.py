@@ -2,7 +2,6 @@
 composition with edge masks, gradients through the injection, training (frozen base), checkpoints."""
 
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -14,10 +13,10 @@ import torch
 
 import interp
 from interp.errors import CheckpointError, InputError, InterpWarning, NoEffectError
-from interp.methods.vif import checkpoint as ckpt
-from interp.methods.vif.gmm import gmm_entropy, grid_points, render_gmm, render_gmm_points
-from interp.methods.vif.intervention import PAPER_PAIRS, VIF, scale_pairs, vision_geometry
-from interp.methods.vif.trainer import TrainConfig, answer_ce, train
+from interp.vif import checkpoint as ckpt
+from interp.vif.gmm import gmm_entropy, grid_points, render_gmm, render_gmm_points
+from interp.vif.intervention import PAPER_PAIRS, VIF, scale_pairs, vision_geometry
+from interp.vif.trainer import TrainConfig, answer_ce, train
 
 from conftest import QUESTIONS, batch, images, zoo
 
@@ -398,16 +397,15 @@ def test_broken_checkpoints_raise_checkpoint_error(tmp_path):
 # ------------------------------------------------------------------------------------------ public names
 
 
-def test_public_names_and_module_alias():
-    import interp.methods.vif as m
+def test_public_names():
+    import interp.vif as m
 
     assert interp.VIF is VIF and interp.vif is m and interp.vif.train is train
     assert interp.vif.render_gmm is render_gmm
-    assert importlib.import_module("interp.vif") is m and sys.modules["interp.vif"] is m
+    assert m.__file__.endswith(os.path.join("interp", "vif", "__init__.py"))  # a plain package, no alias
 
 
-def test_cli_help_runs_under_the_alias_module_path():
-    # `python -m interp.vif.train` goes through the alias package (`interp.methods.vif.train` is plain Python)
+def test_cli_help_runs():
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     r = subprocess.run([sys.executable, "-m", "interp.vif.train", "--help"], capture_output=True, text=True, env=env,
                        timeout=120)
@@ -415,23 +413,24 @@ def test_cli_help_runs_under_the_alias_module_path():
     assert "--steps" in r.stdout and "--out" in r.stdout
 
 
-TOY_DIR = os.path.dirname(interp.toy.CHECKPOINT_DIR)
-
-
-@pytest.mark.skipif(not (os.path.isdir(interp.toy.CHECKPOINT_DIR) and os.path.isdir(os.path.join(TOY_DIR, "vif"))),
-                    reason="the shipped toy model / toy VIF checkpoint is not there")
 def test_shipped_toy_vif_loads_and_runs():
     # the shipped toy VIF is the best variant of analyses.vif_ablation (its card says which): a joint one runs
-    # on its own fine-tuned base, which load_pair loads; VIF.load refuses it on the unmodified toy model
+    # on its own fine-tuned base, which load_vif / load_pair load; VIF.load refuses it on the unmodified toy model
     base = interp.toy.load()
-    vlm, vif = interp.vif.load_pair(os.path.join(TOY_DIR, "vif"), base)
-    if vlm is not base:
-        with pytest.raises(CheckpointError, match="load_joint"):
-            VIF.load(os.path.join(TOY_DIR, "vif"), base)
+    vlm, vif = interp.toy.load_vif()
+    assert vlm is not base and isinstance(vif, VIF)
+    with pytest.raises(CheckpointError, match="load_joint"):
+        VIF.load(interp.toy.VIF_DIR, base)
+    run_on, vif2 = interp.vif.load_pair(interp.toy.VIF_DIR, base)
+    assert run_on is not base and torch.equal(run_on.hf.lm_head.weight, vlm.hf.lm_head.weight)
     assert vif.pairs == scale_pairs(vlm.num_layers) and vif.module.num_parameters() > 0
     s = interp.toy.dataset(4, seed=interp.toy.EVAL_SEED)
     b = vlm.prepare([x.image for x in s], [x.question for x in s])
     out = interp.intervene(vlm, vif).generate(b, max_new_tokens=2)
     assert len(out.texts) == 4 and len(out.diagnostics["vif"]["maps"]) == len(vif.pairs)
+    with pytest.raises(InputError, match="no shipped toy VIF variant 'nope'"):
+        interp.toy.load_vif("nope")
+    fvlm, fixed = interp.toy.load_vif("uniform_map")
+    assert type(fixed).__name__ == "FixedMap" and fvlm is not base
     with pytest.raises(CheckpointError):
-        VIF.load(os.path.join(TOY_DIR, "vif"), zoo("llava"))
+        VIF.load(interp.toy.VIF_DIR, zoo("llava"))

@@ -13,13 +13,13 @@ import torch
 
 import interp
 from interp.errors import CheckpointError, InputError
-from interp.methods.vif import checkpoint as ckpt
-from interp.methods.vif.diagnostics import (CollapseWatch, PosteriorCollapseWarning, evidence_mask, free_bits_kl,
+from interp.vif import checkpoint as ckpt
+from interp.vif.diagnostics import (CollapseWatch, PosteriorCollapseWarning, evidence_mask, free_bits_kl,
                                             kl_per_dim, map_stats)
-from interp.methods.vif.fixed import FixedMap
-from interp.methods.vif.intervention import VIF
-from interp.methods.vif.joint import BASE_CONFIG, BASE_WEIGHTS, apply_base, read_base, resolve_modules
-from interp.methods.vif.trainer import TrainConfig, train
+from interp.vif.fixed import FixedMap
+from interp.vif.intervention import VIF
+from interp.vif.joint import BASE_CONFIG, BASE_WEIGHTS, apply_base, read_base, resolve_modules
+from interp.vif.trainer import TrainConfig, train
 
 from test_vif import _one_thread  # noqa: F401  (autouse: one thread, as in test_vif)
 
@@ -169,7 +169,7 @@ def test_collapse_watch_counts_consecutive_steps():
 
 
 def test_kl_per_dim_sums_to_the_kl_and_free_bits_floor_it():
-    from interp.methods.vif.cvae import CVAE
+    from interp.vif.cvae import CVAE
 
     g = torch.Generator().manual_seed(0)
     post, prior = [(torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)) for _ in range(2)]
@@ -270,7 +270,7 @@ def test_load_joint_on_the_toy(tmp_path):
         interp.vif.load_joint(os.path.join(os.path.dirname(interp.toy.CHECKPOINT_DIR), "checkpoint"))
 
 
-SHIPPED = os.path.join(os.path.dirname(interp.toy.CHECKPOINT_DIR), "vif_ablation")
+SHIPPED = interp.toy.VIF_ABLATION_DIR
 
 
 @pytest.mark.skipif(not os.path.isdir(SHIPPED), reason="the shipped ablation variants are not there")

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interp.errors import InputError
-from interp.methods.vif.cvae import CVAE, FocusDecoder, FocusEncoder, VIFConfig, gaussian_kl
-from interp.methods.vif.gmm import GMMParams, gmm_entropy, gmm_volume, grid_points, render_gmm, render_gmm_grids
+from interp.vif.cvae import CVAE, FocusDecoder, FocusEncoder, VIFConfig, gaussian_kl
+from interp.vif.gmm import GMMParams, gmm_entropy, gmm_volume, grid_points, render_gmm, render_gmm_grids
 
 
 @pytest.fixture(autouse=True)

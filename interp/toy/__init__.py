@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from importlib import import_module
 
-CHECKPOINT_DIR = os.path.join(os.path.dirname(__file__), "checkpoint")
+from interp.toy.paths import CHECKPOINT_DIR, VIF_ABLATION_DIR, VIF_DIR
 
 _LAZY = {  # heavy imports (numpy, PIL, transformers) wait until first use, so `import interp.toy` is cheap
     "dataset": "interp.toy.scenes", "make": "interp.toy.scenes", "FAMILIES": "interp.toy.scenes",
@@ -22,7 +22,7 @@ _LAZY = {  # heavy imports (numpy, PIL, transformers) wait until first use, so `
     "build_processor": "interp.toy.processor", "prompt": "interp.toy.processor",
 }
 
-__all__ = ["CHECKPOINT_DIR", "load", *_LAZY]
+__all__ = ["CHECKPOINT_DIR", "VIF_DIR", "VIF_ABLATION_DIR", "load", "load_vif", *_LAZY]
 
 
 def load(**kw):
@@ -30,6 +30,26 @@ def load(**kw):
     import interp
 
     return interp.load(CHECKPOINT_DIR, **kw)
+
+
+def load_vif(variant: str | None = None, **kw):
+    """(vlm, VIF) of the shipped toy VIF: its jointly fine-tuned base (a fresh toy model with the fine-tuned
+    weights applied) and the VIF trained with it. variant: one of `analyses.vif_ablation`'s shipped variants
+    (e.g. "vif_frozen", "vif_joint"; "finetune" gives (vlm, None), "uniform_map" / "oracle_map" a `FixedMap`);
+    kw: dtype, device."""
+    from interp.vif.loading import load_joint, load_pair
+
+    if variant is None:
+        return load_joint(VIF_DIR, **kw)
+    path = os.path.join(VIF_ABLATION_DIR, variant)
+    if not os.path.isdir(path):
+        from interp.errors import InputError
+
+        have = sorted(d for d in os.listdir(VIF_ABLATION_DIR) if os.path.isdir(os.path.join(VIF_ABLATION_DIR, d)))
+        raise InputError(f"no shipped toy VIF variant {variant!r}; the variants are {', '.join(have)}")
+    if os.path.exists(os.path.join(path, "base.json")):
+        return load_joint(path, **kw)
+    return load_pair(path, load(**kw))
 
 
 def __getattr__(name):

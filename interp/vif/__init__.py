@@ -2,14 +2,15 @@
 decodes it into a Gaussian mixture over the vision tokens, and injects it into deep-layer attention.
 
     import interp
-    vif = interp.VIF.load("interp/toy/vif_ablation/vif_frozen", vlm)   # trained on this base; VIF.build = untrained
-    vlm2, vif2 = interp.vif.load_joint("interp/toy/vif")      # the shipped toy VIF: trained jointly with its base
+    vlm2, vif2 = interp.toy.load_vif()         # the shipped toy VIF and the base it was trained jointly with
+    vif = interp.VIF.load(interp.toy.VIF_ABLATION_DIR + "/vif_frozen", vlm)   # a frozen-base VIF; VIF.build = untrained
     out = interp.intervene(vlm, vif).generate(batch, max_new_tokens=4)
     res = interp.vif.train(vlm, samples, interp.vif.TrainConfig(steps=500), out="runs/vif")
     cfg = interp.vif.TrainConfig(base="joint")                 # fine-tune decoder + projector with it (reference)
 
-Train from the command line: `python -m interp.vif.train --model toy --steps 500 --out runs/vif`
-(`interp.vif` is this package; `python -m interp.methods.vif.train` is the same command).
+Train from the command line: `python -m interp.vif.train --model toy --steps 500 --out runs/vif`.
+Shipped checkpoints: `checkpoints/toy` (the toy's VIF, `interp.toy.load_vif()`) and `checkpoints/ablation/<variant>`
+(`analyses.vif_ablation`).
 
 Modules: gmm (mixture → map, regularisers), cvae (prior / posterior encoders, decoder, KL), intervention
 (`VIF`), trainer (`train`, `TrainConfig`), checkpoint (safetensors + JSON), joint (a joint run's fine-tuned
@@ -20,19 +21,19 @@ diagnostics (posterior-collapse statistics), train (the CLI).
 from importlib import import_module
 
 _LAZY = {  # lazy: the math is light, the intervention pulls in nnsight
-    "VIF": "interp.methods.vif.intervention", "scale_pairs": "interp.methods.vif.intervention",
-    "PAPER_PAIRS": "interp.methods.vif.intervention", "vision_geometry": "interp.methods.vif.intervention",
-    "train": "interp.methods.vif.trainer", "TrainConfig": "interp.methods.vif.trainer",
-    "TrainResult": "interp.methods.vif.trainer",
-    "render_gmm": "interp.methods.vif.gmm", "render_gmm_grids": "interp.methods.vif.gmm",
-    "render_gmm_points": "interp.methods.vif.gmm", "gmm_entropy": "interp.methods.vif.gmm",
-    "gmm_volume": "interp.methods.vif.gmm", "grid_points": "interp.methods.vif.gmm",
-    "GMMParams": "interp.methods.vif.gmm",
-    "CVAE": "interp.methods.vif.cvae", "VIFConfig": "interp.methods.vif.cvae",
-    "load": "interp.methods.vif.intervention:load_vif", "save": "interp.methods.vif.checkpoint:save_vif",
-    "load_joint": "interp.methods.vif.loading", "apply_base": "interp.methods.vif.joint",
-    "load_pair": "interp.methods.vif.loading",
-    "FixedMap": "interp.methods.vif.fixed", "PosteriorCollapseWarning": "interp.methods.vif.diagnostics",
+    "VIF": "interp.vif.intervention", "scale_pairs": "interp.vif.intervention",
+    "PAPER_PAIRS": "interp.vif.intervention", "vision_geometry": "interp.vif.intervention",
+    "train": "interp.vif.trainer", "TrainConfig": "interp.vif.trainer",
+    "TrainResult": "interp.vif.trainer",
+    "render_gmm": "interp.vif.gmm", "render_gmm_grids": "interp.vif.gmm",
+    "render_gmm_points": "interp.vif.gmm", "gmm_entropy": "interp.vif.gmm",
+    "gmm_volume": "interp.vif.gmm", "grid_points": "interp.vif.gmm",
+    "GMMParams": "interp.vif.gmm",
+    "CVAE": "interp.vif.cvae", "VIFConfig": "interp.vif.cvae",
+    "load": "interp.vif.intervention:load_vif", "save": "interp.vif.checkpoint:save_vif",
+    "load_joint": "interp.vif.loading", "apply_base": "interp.vif.joint",
+    "load_pair": "interp.vif.loading",
+    "FixedMap": "interp.vif.fixed", "PosteriorCollapseWarning": "interp.vif.diagnostics",
 }
 
 __all__ = list(_LAZY)

@@ -22,8 +22,8 @@ import torch
 
 from interp.errors import CheckpointError, warn
 from interp.training import atomic_write
-from interp.methods.vif.cvae import CVAE, VIFConfig
-from interp.methods.vif.identity import check_identity
+from interp.vif.cvae import CVAE, VIFConfig
+from interp.vif.identity import check_identity
 
 FORMAT = "interp.vif"
 VERSION = 1

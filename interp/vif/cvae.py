@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from interp.errors import InputError
-from interp.methods.vif.gmm import GMMParams
+from interp.vif.gmm import GMMParams
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,7 @@ class CVAE(nn.Module):
         >>> m = CVAE(VIFConfig(d_model=128))
         >>> out = m(torch.randn(2, 64, 128), torch.randn(2, 9, 128), torch.randn(2, 12, 128))
         >>> loss_kl = m.kl(out.post, out.prior)             # scalar
-        >>> from interp.methods.vif.gmm import render_gmm
+        >>> from interp.vif.gmm import render_gmm
         >>> mix = out.mixture
         >>> maps = render_gmm(mix.centers, mix.sigmas, mix.weights, (8, 8))   # [2, 64], see gmm.py
     """

@@ -69,7 +69,7 @@ class FixedMap(Intervention):
     def maps(self, layout) -> tuple:
         """(map [B, Nv] float32 over each row's vision tokens in sequence order, 0 past a row's tokens;
         fallback [B] bool: rows whose boxes cover no vision token, given the uniform map)."""
-        from interp.methods.vif.intervention import vision_geometry
+        from interp.vif.intervention import vision_geometry
 
         _, on_piece, valid = vision_geometry(layout)
         sel = on_piece & valid

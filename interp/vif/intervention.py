@@ -10,8 +10,8 @@ into the attention probabilities of text-query rows × vision-key columns:
 
 so an edge cut by `EdgeMask` / AIF stays exactly zero under VIF.
 
-    vif = interp.VIF.load("interp/toy/vif_ablation/vif_frozen", vlm)   # or interp.VIF.build(vlm) (untrained)
-    vlm2, vif2 = interp.vif.load_joint("interp/toy/vif")           # the shipped toy VIF: trained with its base
+    vif = interp.VIF.load("interp/vif/checkpoints/ablation/vif_frozen", vlm)   # or interp.VIF.build(vlm) (untrained)
+    vlm2, vif2 = interp.vif.load_joint("interp/vif/checkpoints/toy")           # the shipped toy VIF: trained with its base
     out = interp.intervene(vlm, vif).generate(batch, max_new_tokens=4)
     out.diagnostics["vif"]["maps"][0]                              # [B, Nv] map of the first pair
 """
@@ -28,8 +28,8 @@ from interp.errors import InputError, SiteError
 from interp.engine import EditOutput, EditProbs, Intervention, repeat_layout
 from interp.engine.core import describe
 from interp.layout import check_group
-from interp.methods.vif.cvae import CVAE, VIFConfig
-from interp.methods.vif.gmm import GMMParams, gmm_entropy, gmm_volume, grid_points, render_gmm_points
+from interp.vif.cvae import CVAE, VIFConfig
+from interp.vif.gmm import GMMParams, gmm_entropy, gmm_volume, grid_points, render_gmm_points
 
 # LLaVA-1.5-7B (32 decoder layers): extract at 11, 13, 15, 17 → inject at 25, 27, 29, 31 (paper §5.1).
 PAPER_PAIRS = ((11, 25), (13, 27), (15, 29), (17, 31))
@@ -230,9 +230,9 @@ class VIF(Intervention):
         (`CheckpointError`): another architecture or size, or other base weights (a fingerprint of the input
         embedding and output head, `VLM.weights_fingerprint`); `allow_other_base=True` accepts other weights of
         the same architecture. `fields` override the saved alpha / normalize / decode / sample / queries."""
-        from interp.methods.vif.checkpoint import _dir, load_parts, read_config
-        from interp.methods.vif.identity import check_identity
-        from interp.methods.vif.joint import check_base
+        from interp.vif.checkpoint import _dir, load_parts, read_config
+        from interp.vif.identity import check_identity
+        from interp.vif.joint import check_base
 
         cfg = read_config(path)
         check_identity(cfg.get("base_model", {}), vlm.identity(), _dir(path))
@@ -243,7 +243,7 @@ class VIF(Intervention):
 
     def save(self, path, vlm, *, extra: dict | None = None):
         """Write the CVAE weights (safetensors) and config + base-model identity (JSON) into directory `path`."""
-        from interp.methods.vif.checkpoint import save_vif
+        from interp.vif.checkpoint import save_vif
 
         return save_vif(self, path, vlm, extra=extra)
 
@@ -333,7 +333,7 @@ class VIF(Intervention):
         s["maps"][layer], s["mix"][layer] = maps, mix
         s["source"] = out.source
         if self.training:
-            from interp.methods.vif.diagnostics import kl_per_dim
+            from interp.vif.diagnostics import kl_per_dim
 
             s["terms"][layer] = (m.kl(out.post, out.prior), gmm_entropy(maps).mean(),
                                  gmm_volume(mix.sigmas, mix.weights).mean(), kl_per_dim(out.post, out.prior))

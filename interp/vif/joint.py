@@ -9,8 +9,8 @@ checkpoint ships the trained base modules and refuses to run on any other weight
                             "modules": dotted paths, "train_modules", "focus", "inject", "dtype", "step"}
     DIR/vif.json           (focus "cvae" only) the VIF config, whose "base" entry names base.safetensors
 
-    vlm, vif = interp.vif.load_joint("interp/toy/vif")      # a fresh base from "source" + its fine-tuned weights
-    interp.vif.apply_base("interp/toy/vif", vlm)           # or patch a model you loaded yourself, in place
+    vlm, vif = interp.vif.load_joint("interp/vif/checkpoints/toy")      # a fresh base from "source" + its fine-tuned weights
+    interp.vif.apply_base("interp/vif/checkpoints/toy", vlm)           # or patch a model you loaded yourself, in place
     run_on, vif = interp.vif.load_pair(path, vlm)          # any VIF checkpoint: frozen → vlm, joint → its base
 
 `VIF.load(dir, vlm)` checks every saved base tensor against `vlm` and refuses a model that does not carry them.
@@ -171,7 +171,7 @@ def apply_base(path, vlm):
     if info is None:
         raise CheckpointError(f"{path} has no {BASE_CONFIG}: its VIF was trained on a frozen base; "
                               "load it with interp.VIF.load(path, vlm)")
-    from interp.methods.vif.identity import check_identity
+    from interp.vif.identity import check_identity
 
     check_identity(info.get("identity", {}), vlm.identity(), path)
     saved = _saved(path)

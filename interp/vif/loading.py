@@ -1,7 +1,7 @@
 """Loading a VIF checkpoint together with the model it runs on: a joint checkpoint's fine-tuned base is
 rebuilt from its source (a hub id, a directory or the shipped toy model) with its weights applied.
 
-    vlm, vif = interp.vif.load_joint("interp/toy/vif")      # a fresh base from "source" + its fine-tuned weights
+    vlm, vif = interp.vif.load_joint(interp.toy.VIF_DIR)  # a fresh base from "source" + its fine-tuned weights
     run_on, vif = interp.vif.load_pair(path, vlm)          # any VIF checkpoint: frozen → vlm, joint → its base
 """
 
@@ -11,19 +11,15 @@ import os
 from pathlib import Path
 
 from interp.errors import CheckpointError, InputError
-from interp.methods.vif.joint import BASE_CONFIG, apply_base, check_base, read_base
+from interp.toy import paths
+from interp.vif.joint import BASE_CONFIG, apply_base, check_base, read_base
 
 
 def base_source(vlm) -> str | None:
     """How `load_joint` finds the base again: "toy" for the shipped toy model, else `vlm.source`."""
     src = getattr(vlm, "source", None)
-    try:
-        import interp.toy
-
-        if src is not None and os.path.realpath(str(src)) == os.path.realpath(interp.toy.CHECKPOINT_DIR):
-            return "toy"
-    except ImportError:
-        pass
+    if src is not None and os.path.realpath(str(src)) == os.path.realpath(paths.CHECKPOINT_DIR):
+        return "toy"
     return None if src is None else str(src)
 
 
@@ -46,13 +42,13 @@ def load_joint(path, *, base=None, dtype=None, device=None):
     if spec is None:
         raise InputError(f"{path}/{BASE_CONFIG} does not say which base model it fine-tuned; pass base=")
     kw = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
-    vlm = interp.toy.load(**kw) if spec == "toy" else interp.load(spec, **kw)
+    vlm = interp.load(paths.CHECKPOINT_DIR if spec == "toy" else spec, **kw)
     apply_base(path, vlm)
     focus = info.get("focus", "cvae")
     if focus == "cvae" or (path / "vif.json").exists():
         return vlm, interp.VIF.load(path, vlm)
     if focus in ("uniform", "oracle"):
-        from interp.methods.vif.fixed import FixedMap
+        from interp.vif.fixed import FixedMap
 
         return vlm, FixedMap(**(info.get("inject") or {}))
     return vlm, None

@@ -17,9 +17,9 @@ import os
 
 import torch
 
-from interp.methods.vif.intervention import VIF
-from interp.methods.vif.joint import FOCUS
-from interp.methods.vif.trainer import TrainConfig, TrainResult, toy_stream, train
+from interp.vif.intervention import VIF
+from interp.vif.joint import FOCUS
+from interp.vif.trainer import TrainConfig, TrainResult, toy_stream, train
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m interp.vif.train", description=__doc__.split("\n")[0])

@@ -39,12 +39,12 @@ from pathlib import Path
 import torch
 
 from interp.errors import CheckpointError, InputError, InterpError
-from interp.methods.vif import checkpoint as ckpt
-from interp.methods.vif.diagnostics import CollapseWatch, evidence_mask, free_bits_kl, map_stats
-from interp.methods.vif.fixed import FixedMap
-from interp.methods.vif.intervention import VIF, scale_pairs
-from interp.methods.vif.loading import base_source
-from interp.methods.vif.joint import (BASE_WEIGHTS, FOCUS, apply_base, read_base, resolve_modules, save_base,
+from interp.vif import checkpoint as ckpt
+from interp.vif.diagnostics import CollapseWatch, evidence_mask, free_bits_kl, map_stats
+from interp.vif.fixed import FixedMap
+from interp.vif.intervention import VIF, scale_pairs
+from interp.vif.loading import base_source
+from interp.vif.joint import (BASE_WEIGHTS, FOCUS, apply_base, read_base, resolve_modules, save_base,
                                      saved_step, trained_parameters)
 
 LOG = "train_log.jsonl"
@@ -161,7 +161,7 @@ def vif_loss(logits, batch, diag: dict, config: TrainConfig, module=None, step: 
     ce = answer_ce(logits, batch)
     vol = diag["volume"]
     if config.volume == "reference":
-        from interp.methods.vif.gmm import gmm_volume
+        from interp.vif.gmm import gmm_volume
 
         vol = torch.stack([gmm_volume(m.sigmas, m.weights, mode="reference").mean() for m in diag["mixtures"]]).mean()
     kl = free_bits_kl(diag["kl_dims"], config.free_bits) if config.free_bits else diag["kl"]
