@@ -5,7 +5,7 @@ the control (AIF's μ-based masking: "cutting 90% low-μ barely hurts, cutting 1
 
 μ per vision token: a profiling forward captures d[l, i] = max over the question tokens of the attention
 (mean over heads) to vision token i in layer l; μ[i] = mean over layers (`aif_math.token_stats`). For each
-x in --fractions the lowest-μ, highest-μ or a seeded random x% of the vision tokens (`aif_math.mu_mask`) are
+x in --fractions the lowest-μ, highest-μ or a seeded random x% of the vision tokens (`aif_math.mu_keep`) are
 cut from every text query — question and generated tokens — in every layer (`EdgeMask("text", cut)`;
 vision→vision attention untouched), the answer is decoded greedily and scored (`interp.data.scoring`).
 Reference lines: the plain model (x = 0), every text→vision edge cut (blind), and chance.
@@ -52,7 +52,7 @@ def compute(vlm, samples, args) -> dict:
         blind += common.generate_scores(vlm, batch, chunk, (interp.EdgeMask("text", "vision"),), **gk)[1]
         for w in WHICH:
             for j, x in enumerate(fractions):
-                kept = aif_math.mu_mask(mu, x, which=w, generator=gen, valid=valid)
+                kept = aif_math.mu_keep(mu, x, which=w, generator=gen, valid=valid)
                 cut = valid & ~kept.cpu()
                 cut_counts[w][j] += cut.sum(1).tolist()
                 if not cut.any():  # x = 0 (or rounds to no token): the plain model

@@ -66,18 +66,18 @@ class EvalResult:
         return len(self.records)
 
     @cached_property
-    def scores(self) -> np.ndarray:
-        """[N] per-sample scores, in record order."""
+    def sample_accuracy(self) -> np.ndarray:
+        """[N] per-sample accuracy (each record's `score`), in record order."""
         return np.array([float(r["score"]) for r in self.records], dtype=np.float64)
 
     @property
     def accuracy(self) -> float:
-        return float(self.scores.mean()) if self.n else math.nan
+        return float(self.sample_accuracy.mean()) if self.n else math.nan
 
     @cached_property
     def ci(self) -> tuple[float, float]:
         """Bootstrap interval (percentile, seeded) of the overall accuracy."""
-        return bootstrap_ci(self.scores, level=self.level, n_resamples=N_RESAMPLES, seed=self.seed)
+        return bootstrap_ci(self.sample_accuracy, level=self.level, n_resamples=N_RESAMPLES, seed=self.seed)
 
     @cached_property
     def _families(self) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interp.errors import InputError
-from interp.methods.aif_math import DEFAULT_RATIOS, choose_ratio, mu_mask, token_stats
+from interp.methods.aif_math import DEFAULT_RATIOS, choose_ratio, mu_keep, token_stats
 
 NAN = float("nan")
 
@@ -321,7 +321,7 @@ def test_property_choice_is_argmax(seed, n_valid, criterion):
     assert (ch.score[0, :j] < ch.score[0].max() - 1e-12).all()  # no smaller ratio ties with it
 
 
-# ----------------------------------------------------------------------------------- mu_mask
+# ----------------------------------------------------------------------------------- mu_keep
 
 
 @pytest.mark.parametrize("which", ["lowest", "highest"])
@@ -330,7 +330,7 @@ def test_mu_mask_matches_reference(which, fraction):
     d = random_dynamics(3, 4, 11, [11, 6, 1], zero_frac=0.3)
     mu, _ = token_stats(torch.tensor(d))
     mu[0, 3] = mu[0, 4]  # an exact tie
-    kept = mu_mask(mu, fraction, which=which)
+    kept = mu_keep(mu, fraction, which=which)
     for b in range(3):
         assert set(torch.nonzero(kept[b]).flatten().tolist()) == ref_mu_mask(as_lists(mu[b]), fraction, which)
 
@@ -338,9 +338,9 @@ def test_mu_mask_matches_reference(which, fraction):
 def test_mu_mask_random():
     mu = torch.rand(4, 20)
     mu[2, 12:] = NAN
-    k1 = mu_mask(mu, 0.4, which="random", generator=torch.Generator().manual_seed(3))
-    k2 = mu_mask(mu, 0.4, which="random", generator=torch.Generator().manual_seed(3))
-    k3 = mu_mask(mu, 0.4, which="random", generator=torch.Generator().manual_seed(4))
+    k1 = mu_keep(mu, 0.4, which="random", generator=torch.Generator().manual_seed(3))
+    k2 = mu_keep(mu, 0.4, which="random", generator=torch.Generator().manual_seed(3))
+    k3 = mu_keep(mu, 0.4, which="random", generator=torch.Generator().manual_seed(4))
     assert torch.equal(k1, k2) and not torch.equal(k1, k3)
     assert k1.sum(-1).tolist() == [20 - 8, 20 - 8, 12 - ref_round(0.4 * 12), 20 - 8]  # row 2: 12 valid
     assert not k1[2, 12:].any()
@@ -349,4 +349,4 @@ def test_mu_mask_random():
 @pytest.mark.parametrize("fraction,which", [(-0.1, "lowest"), (1.1, "lowest"), (0.5, "median")])
 def test_mu_mask_bad_input(fraction, which):
     with pytest.raises(InputError):
-        mu_mask(torch.rand(1, 5), fraction, which=which)
+        mu_keep(torch.rand(1, 5), fraction, which=which)

@@ -43,7 +43,7 @@ def test_eager_and_sdpa_agree_and_4d_mask_matches_2d(model, held_out):
     with torch.no_grad():
         a = model(input_ids=ids, pixel_values=px, attention_mask=mask, position_ids=pos).logits[:, -1]
         b = eager(input_ids=ids, pixel_values=px, attention_mask=mask, position_ids=pos).logits[:, -1]
-        full = train.blocked_mask(ids, mask, cut=False)  # the same visibility, as an explicit 4D float mask
+        full = train.attention_bias(ids, mask, cut=False)  # the same visibility, as an explicit 4D float mask
         c = eager(input_ids=ids, pixel_values=px, attention_mask=full, position_ids=pos).logits[:, -1]
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(b, c, atol=1e-4, rtol=1e-4)

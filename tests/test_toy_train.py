@@ -67,7 +67,7 @@ def test_forced_choice_is_the_best_choice_of_an_unpadded_run(model, block):
     got = card.choose(model, samples, block_vision=block)
     for s, g in zip(samples, got):
         ids, mask, pos = M.encode([s], with_answer=False)  # one row alone: no padding
-        am = M.blocked_mask(ids, mask) if block else mask
+        am = M.attention_bias(ids, mask) if block else mask
         with torch.no_grad():
             row = model(input_ids=ids, pixel_values=M.pixels([s.image]), attention_mask=am,
                         position_ids=pos).logits[0, -1]

@@ -14,7 +14,7 @@ Pipeline (paper §"Key Designs" 1 and 2; our text of the paper has no equation n
   sum 1. Low entropy = activation concentrated in a few layers = important; high entropy = background.
 - ``choose_ratio``: mask the highest-entropy tokens, scanning candidate ratios and keeping the one whose
   kept-token attention entropy ``S(r)`` moves furthest from the all-token entropy ``S0``.
-- ``mu_mask``: the paper's μ-based masking experiment (mask the x% lowest- or highest-μ tokens).
+- ``mu_keep``: the paper's μ-based masking experiment (mask the x% lowest- or highest-μ tokens; returns the kept ones).
 
 Conventions shared by every function here:
 
@@ -314,7 +314,7 @@ def choose_ratio(
 # --------------------------------------------------------------------------------------------- mu masking
 
 
-def mu_mask(
+def mu_keep(
     mu: torch.Tensor,
     fraction: float,
     *,
@@ -322,7 +322,8 @@ def mu_mask(
     generator: torch.Generator | None = None,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mask a fraction of vision tokens ranked by mean attention mu (the paper's μ-based masking study).
+    """The vision tokens kept when a fraction of them, ranked by mean attention mu, is masked (the paper's μ-based
+    masking study).
 
     mu: [B, Nv] (NaN on invalid tokens); fraction in [0, 1]; valid: [B, Nv] bool or None (inferred as finite
     mu). Masks round(fraction · n_valid) valid tokens per row (round half up): the lowest-mu ones, the

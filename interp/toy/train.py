@@ -52,14 +52,14 @@ from interp.errors import InputError
 from interp.toy import card as C
 from interp.toy import scenes
 from interp.toy.card import evaluate, greedy
-from interp.toy.model import IMG, blocked_mask, build_model, encode, fold_normalisation, pixels
+from interp.toy.model import IMG, attention_bias, build_model, encode, fold_normalisation, pixels
 from interp.toy.objectives import HEAD, stage_a_batch, stage_a_loss, stage_b_batch, stage_b_loss
 from interp.toy.stages import (RECIPES, TOWER, VQA, Continuation, Recipe, Schedule, continuations, expand,
                                mix_name)
 from interp.training import atomic_write, warmup_cosine
 
 # the model-side names tests/test_toy_model.py and test_toy_scenes.py read from here
-__all__ = ["main", "run_stage", "IMG", "blocked_mask", "encode", "evaluate", "greedy", "pixels"]
+__all__ = ["main", "run_stage", "IMG", "attention_bias", "encode", "evaluate", "greedy", "pixels"]
 
 VAL_SEED = 777  # periodic validation during training; the model card uses scenes.EVAL_SEED
 STAGE_FLAGS = ("minutes_a", "minutes_b", "minutes_c", "new_c", "families", "families_c", "answers_c",
