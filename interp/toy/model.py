@@ -69,7 +69,8 @@ def encode(samples, with_answer: bool):
 
 
 def attention_bias(ids: torch.Tensor, mask: torch.Tensor, dtype=torch.float32, cut: bool = True) -> torch.Tensor:
-    """4D additive attention bias [B, 1, T, T] (0 allowed, finfo.min cut): causal + padding, and (cut) every text query → image key edge cut.
+    """4D additive attention bias [B, 1, T, T] (0 allowed, finfo.min cut): causal + padding, and (cut) every
+    text query → image key edge cut.
 
     The plain-PyTorch picture of `interp.EdgeMask("text", "vision")`, which the toy's evaluation uses; the tests
     check the engine against it. Float, never bool: a bool 4D mask is silently added as 0/1 under eager
