@@ -1,5 +1,9 @@
 """Attention-probability injection: blend a distribution into selected rows × columns of the attention
-probabilities at chosen layers, re-apply the visibility mask, renormalise (VIF's Eq. for A')."""
+probabilities at chosen layers, re-apply the visibility mask, renormalise (VIF's Eqs. 6–7 for A', A'').
+
+The one implementation of "inject a map into attention": `interp.VIF` composes an `InjectAttention` whose
+weights are a callable returning the map its CVAE rendered at the extraction layer, and `interp.vif.FixedMap`
+one whose weights are the batch's fixed map; both report its diagnostics under their own name."""
 
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ class InjectAttention(Intervention):
     current visibility mask is re-applied and rows renormalised. Gradients flow through `weights`.
 
     weights: [B, Nk] (a distribution over each row's selected keys, in sequence order), [B, Q, Nk], or a
-    callable `(ctx, call) → [B, Nk]` evaluated at the call (VIF computes it from earlier layers).
+    callable `(ctx, call) → [B, Nk]` (or one row per expanded beam, [B·expand, Nk]) evaluated at each
+    attention call, e.g. a map computed from an earlier layer of the same pass (VIF's).
     `decode`: also inject during decode steps (False = prefill only). alpha in [0, 1] for convex.
     """
 

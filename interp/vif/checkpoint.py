@@ -55,7 +55,7 @@ def save_vif(vif, path, vlm, *, step: int | None = None, extra: dict | None = No
     cfg = {
         "format": FORMAT, "version": VERSION,
         "cvae": asdict(vif.module.cfg),
-        "vif": {"pairs": [list(p) for p in vif._pairs_for(vlm)], "alpha": float(vif.alpha),
+        "vif": {"pairs": [list(p) for p in vif.pairs_for(vlm)], "alpha": float(vif.alpha),
                 "normalize": vif.normalize, "decode": bool(vif.decode), "sample": bool(vif.sample),
                 "positions": bool(vif.positions), "queries": queries},
         "base_model": vlm.identity(),

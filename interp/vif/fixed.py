@@ -7,7 +7,8 @@
 Same blend as VIF (Eqs. 6–7): A' = (1 − α)·A + α·M on the query rows × vision columns, masked entries zeroed,
 rows renormalised. kind="boxes": M is uniform over the vision tokens whose patch overlaps one of the row's
 evidence boxes (`layout.boxes_to_mask`); a row whose boxes cover no token falls back to uniform (counted in
-the diagnostics). Diagnostics: maps (per layer one [B, Nv] float32, like VIF's), applied, fallback_rows.
+the diagnostics). Diagnostics: maps (per layer one [B, Nv] float32, like VIF's), applied, entries, kept,
+visible (InjectAttention's), fallback_rows.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from interp.attention.inject import _scatter_keys, inject_probs
-from interp.engine import EditProbs, Intervention
+from interp.attention.inject import InjectAttention
+from interp.engine import Intervention
 from interp.engine.plan import layer_tuple
 from interp.errors import InputError
 
@@ -87,27 +88,17 @@ class FixedMap(Intervention):
 
     def prepare(self, ctx):
         s = ctx.scratch(self)
-        m, fallback = self.maps(ctx.batch.layout)  # per prompt row (boxes are), then HF's beam expansion
-        s["map"] = ctx.rows(m)
-        s["fallback"] = int(fallback.sum())
-        s["rows"], s["cols"], s["applied"] = ctx.group(self.queries), ctx.group("vision"), []
+        m, fallback = self.maps(ctx.batch.layout)  # per prompt row (boxes are); InjectAttention repeats them
+        s["map"], s["fallback"] = ctx.rows(m), int(fallback.sum())  # for HF's beam expansion
+        # the injection (Eqs. 6–7) is InjectAttention's, with this batch's map as weights; it reports as this value
+        s["inject"] = InjectAttention(layers=self.layers, queries=self.queries, keys="vision", weights=m,
+                                      alpha=self.alpha, mode="convex", decode=self.decode, name=self.name)
+        s["inject"].prepare(ctx)
 
     def edits(self, ctx):
-        if float(self.alpha) == 0.0:
-            return []
-        s = ctx.scratch(self)
-        rows = s["rows"] if self.decode else s["rows"] & ~ctx.layout.generated.to(s["rows"].device)
-        # target: the entries it writes, so the plan refuses a mask that cuts them all (as for VIF)
-        return [EditProbs(layers=self.layers, fn=self._inject, start=0, decode=self.decode, target=(rows, s["cols"]))]
-
-    def _inject(self, call, p, vis):
-        s = call.ctx.scratch(self)
-        rows, cols = call.rows(s["rows"]), call.cols(s["cols"])
-        w = _scatter_keys(s["map"].to(call.q.device), cols)  # [B, K]
-        s["applied"].append((call.ctx.step, call.layer))
-        return inject_probs(p, rows, cols, w.to(p.dtype), vis, float(self.alpha))
+        return ctx.scratch(self)["inject"].edits(ctx)  # its target: the plan refuses a mask that cuts them all
 
     def finish(self, ctx) -> dict:
+        """maps: per layer the [B, Nv] map; applied, entries, kept, visible (InjectAttention's); fallback_rows."""
         s = ctx.scratch(self)
-        return {"maps": [s["map"].cpu()] * len(self.layers), "applied": list(s["applied"]),
-                "fallback_rows": s["fallback"]}
+        return {"maps": [s["map"].cpu()] * len(self.layers), **s["inject"].finish(ctx), "fallback_rows": s["fallback"]}

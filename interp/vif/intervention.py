@@ -2,8 +2,8 @@
 
 At each extraction layer's output the CVAE reads the hidden states of the vision and question tokens
 (prior branch; the posterior also reads the answer tokens while training), decodes a Gaussian mixture and
-renders it on the row's vision tokens; at the paired injection layer's attention call the map is blended
-into the attention probabilities of text-query rows × vision-key columns:
+renders it on the row's vision tokens; at the paired injection layer's attention call an `InjectAttention`
+whose weights are that map blends it into the attention probabilities of text-query rows × vision-key columns:
 
     A' = (1 − α)·A + α·M   on text rows × vision columns          (Eq. 6, the reference's convex form)
     A'' = RowNorm(A' ⊙ visible)                                    (Eq. 7: masked entries stay zero)
@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from interp.attention.inject import _scatter_keys, inject_probs
+from interp.attention.inject import InjectAttention
 from interp.errors import InputError, SiteError
-from interp.engine import EditOutput, EditProbs, Intervention, repeat_layout
+from interp.engine import EditOutput, Intervention, repeat_layout
 from interp.engine.core import describe
 from interp.layout import check_group
 from interp.vif.cvae import CVAE, VIFConfig
@@ -172,7 +172,8 @@ class VIF(Intervention):
 
     Diagnostics (`out.diagnostics[name]`): pairs; maps (per pair [B, Nv] float32 over the row's vision tokens
     in sequence order, NaN padded, 0 on tokens that cover no patch); mixtures (per pair a `GMMParams`);
-    source ("prior" / "posterior"); applied [(step, layer)]; while training also kl, entropy, volume (scalars).
+    source ("prior" / "posterior"); applied, entries, kept, visible (the injection's, as `InjectAttention`'s);
+    while training also kl, entropy, volume (scalars).
     """
 
     module: CVAE | None = None
@@ -257,11 +258,6 @@ class VIF(Intervention):
         L = vlm.num_layers
         return scale_pairs(L) if self.pairs is None else check_pairs(self.pairs, L)
 
-    _pairs_for = pairs_for
-
-    def _pairs(self, ctx) -> tuple:
-        return self._pairs_for(ctx.vlm)
-
     def prepare(self, ctx):
         if self.module is None:
             raise InputError("VIF has no CVAE: use interp.VIF.load(path, vlm) for a trained one or "
@@ -280,7 +276,7 @@ class VIF(Intervention):
         if self.training and not bool(lay.answer.any(1).all()):
             raise InputError("VIF training needs teacher-forced answers in every row: "
                              "vlm.prepare(images, questions, answers=[...])")
-        s["pairs"] = self._pairs(ctx)
+        s["pairs"] = pairs = self.pairs_for(ctx.vlm)
         lay = repeat_layout(lay, ctx.expand)  # HF generate's beams / return sequences
         coords = "centers" if self.normalize == "paper" else "reference"
         points, on_piece, valid = vision_geometry(lay, coords)
@@ -289,25 +285,24 @@ class VIF(Intervention):
         s["qpos"] = _positions(lay.question)
         if self.training:
             s["qapos"] = _positions(lay.question | lay.answer)
-        rows = ctx.group(self.queries).cpu()
-        if not bool((rows & ctx.layout.text).any()):
+        if not bool((ctx.group(self.queries).cpu() & ctx.layout.text).any()):
             raise InputError(f"VIF: query group {describe(self.queries)} selects no text token")
-        s["rows"] = rows.to(ctx.device)
-        s["cols"] = ctx.group("vision")
-        s["maps"], s["mix"], s["terms"], s["applied"] = {}, {}, {}, []
+        s["maps"], s["weights"], s["mix"], s["terms"] = {}, {}, {}, {}
+        # the injection (Eqs. 6–7) is InjectAttention's, its weights at each injection layer the map its pair's
+        # extraction layer rendered earlier in the same pass (`_map`); it reports under this VIF's name
+        s["inject"] = InjectAttention(layers=tuple(i for _, i in pairs), queries=self.queries, keys="vision",
+                                      weights=self._map, alpha=self.alpha, mode="convex", decode=self.decode,
+                                      name=self.name)
+        s["inject"].prepare(ctx)
 
     def edits(self, ctx):
         s = ctx.scratch(self)
-        pairs = s["pairs"]
-        out = [EditOutput("resid", tuple(sorted({e for e, _ in pairs})), self._extract, start=0)]
-        # alpha = 0 reads the maps (diagnostics) but never touches attention: bit-identical to the plain model
-        if float(self.alpha) != 0.0:
-            rows = s["rows"] if self.decode else s["rows"] & ~ctx.layout.generated.to(s["rows"].device)
-            out.append(EditProbs(layers=tuple(i for _, i in pairs), fn=self._inject, start=0, decode=self.decode,
-                                 target=(rows, s["cols"])))
-        return out
+        read = EditOutput("resid", tuple(sorted({e for e, _ in s["pairs"]})), self._extract, start=0)
+        # alpha = 0: InjectAttention declares nothing, the maps are still read (diagnostics), bit-identical logits
+        return [read, *s["inject"].edits(ctx)]
 
     def _extract(self, ctx, layer, value):
+        """At extraction layer `layer`'s output (resid [B, T, D], prefill only): the CVAE's mixture and its map."""
         if ctx.step > 0:
             return None
         s = ctx.scratch(self)
@@ -328,9 +323,10 @@ class VIF(Intervention):
                 sample=self.training or self.sample)
         mix = out.mixture
         maps = render_gmm_points(mix.centers, mix.sigmas, mix.weights, s["points"].to(dev), vmask,
-                                 normalize=self.normalize)  # [B, Nv]
-        maps = torch.where(s["valid"].to(dev), maps, torch.full_like(maps, float("nan")))
-        s["maps"][layer], s["mix"][layer] = maps, mix
+                                 normalize=self.normalize)  # [B, Nv], 0 where vmask is False
+        s["weights"][layer] = maps  # what InjectAttention blends in: 0 past a row's own vision tokens
+        s["maps"][layer] = torch.where(s["valid"].to(dev), maps, torch.full_like(maps, float("nan")))
+        s["mix"][layer] = mix
         s["source"] = out.source
         if self.training:
             from interp.vif.diagnostics import kl_per_dim
@@ -339,17 +335,14 @@ class VIF(Intervention):
                                  gmm_volume(mix.sigmas, mix.weights).mean(), kl_per_dim(out.post, out.prior))
         return None
 
-    def _inject(self, call, p, vis):
-        ctx = call.ctx
+    def _map(self, ctx, call) -> torch.Tensor:
+        """InjectAttention's weights at injection layer `call.layer`: the map [B, Nv] of its pair's extraction layer."""
         s = ctx.scratch(self)
         e = dict((i, e) for e, i in s["pairs"])[call.layer]
-        if e not in s["maps"]:
+        if e not in s["weights"]:
             raise SiteError(f"VIF: no map from extraction layer {e} before injection layer {call.layer}; the "
                             "layer output site did not run")
-        rows, cols = call.rows(s["rows"]), call.cols(s["cols"])
-        w = _scatter_keys(s["maps"][e].to(call.q.device), cols)  # [B, K], NaN padding → 0
-        s["applied"].append((ctx.step, call.layer))
-        return inject_probs(p, rows, cols, w.to(p.dtype), vis, float(self.alpha))
+        return s["weights"][e]
 
     def finish(self, ctx) -> dict:
         s = ctx.scratch(self)
@@ -357,8 +350,9 @@ class VIF(Intervention):
         missing = [e for e, _ in pairs if e not in s["maps"]]
         if missing:
             raise SiteError(f"VIF: extraction layers {missing} never produced a map; was the forward interrupted?")
+        inj = s["inject"].finish(ctx)  # applied [(step, layer)]; entries / kept / visible per layer
         if float(self.alpha) != 0.0:
-            done = {l for st, l in s["applied"] if st == 0}
+            done = {l for st, l in inj["applied"] if st == 0}
             lost = [i for _, i in pairs if i not in done]
             if lost:
                 raise SiteError(f"VIF: injection layers {lost} never ran; was the forward interrupted?")
@@ -372,8 +366,7 @@ class VIF(Intervention):
             "mixtures": [GMMParams(*(keep(getattr(s["mix"][e], k)) for k in ("centers", "sigmas", "weights")))
                          for e, _ in pairs],
             "source": s.get("source"),
-            "applied": list(s["applied"]),
-            "kept": {l: k for l, (_, k) in ctx.coverage.get(self.name, {}).get("layers", {}).items()},
+            **inj,
         }
         if self.training:  # one CVAE pass per distinct extraction layer; mean over them
             terms = list(s["terms"].values())
