@@ -200,7 +200,7 @@ def check(family, opt_name, case):
     assert len(out.texts) == ref_seq.shape[0]
     if "aif" in out.diagnostics:  # the profiling pass's KV prefix was handed to HF generate, whatever the options
         assert out.diagnostics["aif"]["reuse"], out.diagnostics["aif"]["reuse_reason"]
-        assert out.diagnostics["aif"]["kept"].shape[0] == ref_seq.shape[0] // (N and 1) or True
+        assert out.diagnostics["aif"]["kept"].shape[0] == len(b) * expansion(opt)  # rows as HF expands them
     if opt.get("return_dict_in_generate"):
         assert len(out.scores) == len(ref.scores)
         torch.testing.assert_close(out.scores[0], ref.scores[0], atol=1e-4, rtol=1e-4)
@@ -218,3 +218,96 @@ def test_toy_every_option(opt_name, case):
 @pytest.mark.parametrize("family", ARCHS)
 def test_families(family, opt_name, case):
     check(family, opt_name, case)
+
+
+# -------------------------------------------------------------------- cuts lowered into HF's attention_mask
+
+
+@functools.lru_cache(maxsize=None)
+def one_row():
+    """The toy setup with a one-row batch: no left padding, so every position after AIF's prefix is a query
+    after the image (in a padded batch a row's own image can end after the shared prefix)."""
+    vlm, pristine, cls, b, c = setup("toy")
+    s = interp.toy.dataset(1, seed=interp.toy.EVAL_SEED + 1)[0]
+    return vlm, pristine, cls, vlm.prepare(images=[s.image], questions=[s.question])
+
+
+def _lowered(monkeypatch):
+    """Records (all-layer cuts planned, cuts left as edits, keys hidden?) for each pass."""
+    import interp.engine.run as run_mod
+
+    seen, real = [], run_mod.lower_cuts
+
+    def spy(ctx, plan, T):
+        new, hide = real(ctx, plan, T)
+        seen.append((len(plan.cuts), len(new.cuts), hide is not None))
+        return new, hide
+
+    monkeypatch.setattr(run_mod, "lower_cuts", spy)
+    return seen
+
+
+def _no_trace(*a, **k):
+    raise AssertionError("the pass went through nnsight although its only edit is a key mask")
+
+
+@pytest.mark.parametrize("opt_name", ["greedy", "beams_return", "sample_return", "return_dict"])
+def test_aif_after_its_prefix_is_plain_hf(monkeypatch, opt_name):
+    # AIF's cut hides the masked vision keys from every query after the image: after the reused prefix that is
+    # every query HF computes, so the cut is the 2D attention_mask and HF generates alone (no trace)
+    from interp.engine import walk
+
+    vlm, pristine, cls, b = one_row()
+    opt = options("toy", opt_name, vlm, pristine, b)
+    seen = _lowered(monkeypatch)
+    monkeypatch.setattr(walk, "trace_generate", _no_trace)
+    torch.manual_seed(7)
+    out = interp.intervene(vlm, interp.AIF(max_ratio=0.5)).generate(b, max_new_tokens=N, **opt)
+    assert out.diagnostics["aif"]["reuse"] and seen == [(1, 0, True)]
+    lay = run_layout(b, opt)
+    with oracle(pristine, cls, **_aif_cuts(out, lay)) as model:
+        torch.manual_seed(7)
+        ref = model.generate(**b.inputs, max_new_tokens=N, **opt)
+    ref_seq = ref if isinstance(ref, torch.Tensor) else ref.sequences
+    assert torch.equal(out.sequences, ref_seq)
+    if opt.get("return_dict_in_generate"):
+        torch.testing.assert_close(torch.stack(out.scores), torch.stack(ref.scores), atol=1e-4, rtol=1e-4)
+
+
+def test_aif_forward_after_its_prefix_is_plain_hf(monkeypatch):
+    from interp.engine import walk
+
+    vlm, pristine, cls, b = one_row()
+    ref = interp.intervene(vlm, interp.AIF(max_ratio=0.5, reuse_prefix=False)).forward(b)
+    real, calls = walk.trace_forward, []
+    monkeypatch.setattr(walk, "trace_forward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    out = interp.intervene(vlm, interp.AIF(max_ratio=0.5)).forward(b)
+    assert len(calls) == 1 and out.diagnostics["aif"]["reuse"]  # the profiling pass only; the answer pass is HF
+    with oracle(pristine, cls, **_aif_cuts(out, b.layout)) as model, torch.no_grad():
+        want = model(**b.inputs).logits
+    torch.testing.assert_close(out.logits, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("opt_name", ["greedy", "beams_return"])
+def test_a_cut_that_is_not_a_key_mask_stays_an_edit(monkeypatch, opt_name):
+    # the question's own tokens are not every query after the prefix (the template after it, the generated
+    # tokens): that cut stays at the mask builder while AIF's is lowered; both hold against the oracle. In a
+    # left-padded batch whose rows' images end at different positions nothing is lowered.
+    vlm, pristine, cls, b = one_row()
+    opt = options("toy", opt_name, vlm, pristine, b)
+    seen = _lowered(monkeypatch)
+    torch.manual_seed(7)
+    out = interp.intervene(vlm, interp.AIF(max_ratio=0.5), interp.EdgeMask("question", "vision")).generate(
+        b, max_new_tokens=N, **opt)
+    assert seen == [(2, 1, True)]
+    lay = run_layout(b, opt)
+    cuts = _aif_cuts(out, lay)["cuts"][None] | pair_cut(lay.question, lay.vision)
+    with oracle(pristine, cls, cuts={None: cuts}) as model:
+        torch.manual_seed(7)
+        ref = model.generate(**b.inputs, max_new_tokens=N, **opt)
+    assert torch.equal(out.sequences, ref)
+    seen.clear()
+    _, _, _, padded, _ = setup("toy")
+    interp.intervene(vlm, interp.AIF(max_ratio=0.5)).generate(padded, max_new_tokens=2)
+    assert seen == [(1, 1, False)]

@@ -97,8 +97,9 @@ def row_probs(q: torch.Tensor, k: torch.Tensor, mask, scale: float, rows: torch.
     K = k.shape[2]
     qs = q[:, :, rows].float()
     kk = repeat_kv(k, H).float()
-    scores = torch.matmul(qs, kk.transpose(-1, -2)) * scale  # [B, H, n, K]
-    scores = scores + row_bias(mask, rows, Q, K, torch.float32, q.device)
+    scores = torch.matmul(qs, kk.transpose(-1, -2))  # [B, H, n, K]
+    # in place: a fresh [B, H, n, K] buffer per op costs more than the matmul (page faults on every layer)
+    scores.mul_(scale).add_(row_bias(mask, rows, Q, K, torch.float32, q.device))
     probs = torch.softmax(scores, dim=-1)
     # A fully masked row (left padding) softmaxes to uniform over finfo.min; HF zeroes it through SDPA too.
-    return torch.nan_to_num(probs)
+    return torch.nan_to_num(probs) if probs.requires_grad else probs.nan_to_num_()  # softmax's backward needs probs

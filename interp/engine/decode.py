@@ -90,6 +90,10 @@ def suffix_inputs(ctx) -> dict:
               "use_cache": True}
     if pre.positions is not None:
         inputs["position_ids"] = pre.positions[..., P:]
+    else:  # what the model computes in a forward without them (the cache length on): explicit, so that keys
+        # hidden in the 2D mask (`plan.lower_cuts`) cannot move them
+        T = b.input_ids.shape[1]
+        inputs["position_ids"] = torch.arange(P, T, device=b.input_ids.device)[None].expand(len(b), -1)
     return inputs
 
 
