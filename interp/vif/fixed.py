@@ -21,6 +21,7 @@ from interp.attention.inject import InjectAttention
 from interp.engine import Intervention
 from interp.engine.plan import layer_tuple
 from interp.errors import InputError
+from interp.layout import check_group
 
 KINDS = ("uniform", "boxes")
 
@@ -48,8 +49,10 @@ class FixedMap(Intervention):
         object.__setattr__(self, "layers", layer_tuple(self.layers, self.name))
         if not self.layers:
             raise InputError("FixedMap needs injection layers, e.g. layers=(6, 7)")
-        if not 0.0 <= float(self.alpha) <= 1.0:
-            raise InputError(f"FixedMap alpha must be in [0, 1], got {self.alpha}")
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= float(a) <= 1.0:
+            raise InputError(f"FixedMap alpha must be a number in [0, 1] (A' = (1 − α)·A + α·M), got {a!r}")
+        check_group(self.queries, f"{self.name} queries")
 
     def __repr__(self):
         return (f"FixedMap(kind={self.kind!r}, layers={self.layers}, alpha={self.alpha}, decode={self.decode}, "
