@@ -45,50 +45,50 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny model, 2 repeats: a smoke run")
     ap.add_argument("--out", default=os.path.join(harness.RESULTS, "aif.json"))
     args = ap.parse_args(argv)
-    harness.set_threads(args.threads)
-    import interp
+    with harness.session(args.threads):
+        import interp
 
-    size = "tiny" if args.quick else "bench"
-    repeats = 2 if args.quick else args.repeats
-    vlm = interp.zoo.tiny("llava", size=size)
-    vlm.hf.generation_config.eos_token_id = None  # every variant decodes exactly n tokens
-    n = args.new_tokens
-    b1 = _batch(vlm, 1)
-    pad = vlm.tokenizer.pad_token_id
-    aif = interp.intervene(vlm, interp.AIF())
-    two = interp.intervene(vlm, interp.AIF(reuse_prefix=False))
-    variants = {
-        "plain": lambda: vlm.hf.generate(**b1.inputs, max_new_tokens=n, do_sample=False, pad_token_id=pad),
-        "aif": lambda: aif.generate(b1, max_new_tokens=n),
-        "aif_two_pass": lambda: two.generate(b1, max_new_tokens=n),
-    }
-    raw = harness.interleave(variants, repeats=repeats)
-    summary = harness.summarize(raw, "plain")
-    check = aif.generate(b1, max_new_tokens=n)
-    assert check.diagnostics["aif"]["reuse"], check.diagnostics["aif"]["reuse_reason"]
-    # throughput: batch 8 vs batch 1, seconds per sample
-    b8 = _batch(vlm, 2 if args.quick else 8)
-    tp = harness.interleave({"aif_b1": lambda: aif.generate(b1, max_new_tokens=n),
-                             "aif_b8": lambda: aif.generate(b8, max_new_tokens=n)}, repeats=max(2, repeats // 2))
-    per_sample = {"b1": harness.statistics.median(tp["aif_b1"]),
-                  "b8": harness.statistics.median(tp["aif_b8"]) / b8.input_ids.shape[0]}
-    payload = {
-        "benchmark": "aif", "environment": harness.environment(),
-        "config": {"model": f"zoo llava size={size}", "vision_tokens": int(b1.layout.num_vision[0]),
-                   "prompt_tokens": int(b1.input_ids.shape[1]), "question_tokens": int(b1.layout.question.sum()),
-                   "new_tokens": n, "repeats": repeats, "threads": args.threads,
-                   "chosen_ratio": float(check.diagnostics["aif"]["ratio"][0])},
-        "raw_s": raw, **summary,
-        "throughput": {"seconds_per_sample": per_sample, "speedup_b8_vs_b1": per_sample["b1"] / per_sample["b8"],
-                       "raw_s": tp},
-        "targets": {"aif_time": TARGET},
-        "met": {"aif_time": summary["ratio"]["aif"] <= TARGET},
-    }
-    path = harness.write(args.out, payload)
-    print(f"aif ÷ plain {summary['ratio']['aif']:.3f} (paired {summary['paired_ratio']['aif']:.3f}); "
-          f"two-pass ÷ plain {summary['ratio']['aif_two_pass']:.3f}; batch-8 speed-up per sample "
-          f"{payload['throughput']['speedup_b8_vs_b1']:.2f}× → {path}")
-    return payload
+        size = "tiny" if args.quick else "bench"
+        repeats = 2 if args.quick else args.repeats
+        vlm = interp.zoo.tiny("llava", size=size)
+        vlm.hf.generation_config.eos_token_id = None  # every variant decodes exactly n tokens
+        n = args.new_tokens
+        b1 = _batch(vlm, 1)
+        pad = vlm.tokenizer.pad_token_id
+        aif = interp.intervene(vlm, interp.AIF())
+        two = interp.intervene(vlm, interp.AIF(reuse_prefix=False))
+        variants = {
+            "plain": lambda: vlm.hf.generate(**b1.inputs, max_new_tokens=n, do_sample=False, pad_token_id=pad),
+            "aif": lambda: aif.generate(b1, max_new_tokens=n),
+            "aif_two_pass": lambda: two.generate(b1, max_new_tokens=n),
+        }
+        raw = harness.interleave(variants, repeats=repeats)
+        summary = harness.summarize(raw, "plain")
+        check = aif.generate(b1, max_new_tokens=n)
+        assert check.diagnostics["aif"]["reuse"], check.diagnostics["aif"]["reuse_reason"]
+        # throughput: batch 8 vs batch 1, seconds per sample
+        b8 = _batch(vlm, 2 if args.quick else 8)
+        tp = harness.interleave({"aif_b1": lambda: aif.generate(b1, max_new_tokens=n),
+                                 "aif_b8": lambda: aif.generate(b8, max_new_tokens=n)}, repeats=max(2, repeats // 2))
+        per_sample = {"b1": harness.statistics.median(tp["aif_b1"]),
+                      "b8": harness.statistics.median(tp["aif_b8"]) / b8.input_ids.shape[0]}
+        payload = {
+            "benchmark": "aif", "environment": harness.environment(),
+            "config": {"model": f"zoo llava size={size}", "vision_tokens": int(b1.layout.num_vision[0]),
+                       "prompt_tokens": int(b1.input_ids.shape[1]), "question_tokens": int(b1.layout.question.sum()),
+                       "new_tokens": n, "repeats": repeats, "threads": args.threads,
+                       "chosen_ratio": float(check.diagnostics["aif"]["ratio"][0])},
+            "raw_s": raw, **summary,
+            "throughput": {"seconds_per_sample": per_sample, "speedup_b8_vs_b1": per_sample["b1"] / per_sample["b8"],
+                           "raw_s": tp},
+            "targets": {"aif_time": TARGET},
+            "met": {"aif_time": summary["ratio"]["aif"] <= TARGET},
+        }
+        path = harness.write(args.out, payload)
+        print(f"aif ÷ plain {summary['ratio']['aif']:.3f} (paired {summary['paired_ratio']['aif']:.3f}); "
+              f"two-pass ÷ plain {summary['ratio']['aif_two_pass']:.3f}; batch-8 speed-up per sample "
+              f"{payload['throughput']['speedup_b8_vs_b1']:.2f}× → {path}")
+        return payload
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Cost of `interp.capture` and of an empty nnsight trace, as ratios against the plain HF forward.
 
     .venv/bin/python -m benchmarks.capture                 # ~3 min on 2 shared CPU cores
-    .venv/bin/python -m benchmarks.capture --quick --out /tmp/capture.json   # smoke run, tiny model
+    .venv/bin/python -m benchmarks.capture --quick --out /tmp/capture.json   # smoke run: tiny model, no child
     .venv/bin/python -m benchmarks.capture --grid 48 --repeats 9              # T ≈ 2,330 → capture_grid48.json
     .venv/bin/python -m benchmarks.capture --grid 96 --repeats 5 --warmup 1 --variants capture empty_trace
 
@@ -97,70 +97,70 @@ def main(argv=None) -> dict:
                     help="time a longer sequence instead: zoo.llava_grid(GRID) (GRID² vision tokens, 2-layer decoder)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                     help="subset to run (plain is always included)")
-    ap.add_argument("--quick", action="store_true", help="smoke mode: tiny model, few repeats, one memory child")
+    ap.add_argument("--quick", action="store_true", help="smoke mode: tiny model, few repeats, memory measured in this process")
     ap.add_argument("--out", default=None, help="default: benchmarks/results/capture.json (capture_grid<N>.json)")
     args = ap.parse_args(argv)
     if args.out is None:
         args.out = os.path.join(harness.RESULTS, f"capture_grid{args.grid}.json" if args.grid else "capture.json")
     if args.quick:
         args.size, args.repeats, args.warmup, args.mem_repeats = "tiny", 3, 1, 1
-    harness.set_threads(args.threads)
-    names = ["plain"] + [n for n in VARIANTS if n in args.variants and n != "plain"]
+    with harness.session(args.threads):
+        names = ["plain"] + [n for n in VARIANTS if n in args.variants and n != "plain"]
 
-    vlm, hf, batch = harness.models(QUESTION, size=args.size, grid=args.grid)
-    with torch.no_grad():  # the pristine baseline really is the same model
-        same = torch.equal(hf(**batch.inputs).logits, vlm.hf(**batch.inputs).logits)
-    raw = harness.interleave({n: variant(vlm, hf, batch, n) for n in names}, repeats=args.repeats,
-                             warmup=args.warmup)
-    timing = harness.summarize(raw, "plain")
-    timing["raw_s"] = raw
+        vlm, hf, batch = harness.models(QUESTION, size=args.size, grid=args.grid)
+        with torch.no_grad():  # the pristine baseline really is the same model
+            same = torch.equal(hf(**batch.inputs).logits, vlm.hf(**batch.inputs).logits)
+        raw = harness.interleave({n: variant(vlm, hf, batch, n) for n in names}, repeats=args.repeats,
+                                 warmup=args.warmup)
+        timing = harness.summarize(raw, "plain")
+        timing["raw_s"] = raw
 
-    jobs = [{"size": args.size, "grid": args.grid, "variant": n} for n in names]
-    mem = harness.memory("benchmarks.capture", jobs, repeats=args.mem_repeats, one_child=args.quick)
-    memory = {"method": mem[0]["method"], "malloc_mmap_threshold": harness.MMAP_THRESHOLD, "runs": {},
-              "baseline_mb": {}, "peak_delta_mb": {}, "delta_ratio": {}, "total_ratio": {}}
-    for r in mem:
-        n = r["job"]["variant"]
-        memory["runs"][n] = r
-        memory["baseline_mb"][n] = harness.mb(float(np.median(r["baseline_bytes"])))
-        memory["peak_delta_mb"][n] = harness.mb(float(np.median(r["peak_delta_bytes"])))
-    for n in names:
-        memory["delta_ratio"][n] = harness.ratio(memory["peak_delta_mb"][n], memory["peak_delta_mb"]["plain"])
-        memory["total_ratio"][n] = ((memory["baseline_mb"][n] + memory["peak_delta_mb"][n])
-                                    / (memory["baseline_mb"]["plain"] + memory["peak_delta_mb"]["plain"]))
+        jobs = [{"size": args.size, "grid": args.grid, "variant": n} for n in names]
+        mem = harness.memory("benchmarks.capture", jobs, repeats=args.mem_repeats, in_process=args.quick)
+        memory = {"method": mem[0]["method"], "malloc_mmap_threshold": harness.MMAP_THRESHOLD, "runs": {},
+                  "baseline_mb": {}, "peak_delta_mb": {}, "delta_ratio": {}, "total_ratio": {}}
+        for r in mem:
+            n = r["job"]["variant"]
+            memory["runs"][n] = r
+            memory["baseline_mb"][n] = harness.mb(float(np.median(r["baseline_bytes"])))
+            memory["peak_delta_mb"][n] = harness.mb(float(np.median(r["peak_delta_bytes"])))
+        for n in names:
+            memory["delta_ratio"][n] = harness.ratio(memory["peak_delta_mb"][n], memory["peak_delta_mb"]["plain"])
+            memory["total_ratio"][n] = ((memory["baseline_mb"][n] + memory["peak_delta_mb"][n])
+                                        / (memory["baseline_mb"]["plain"] + memory["peak_delta_mb"]["plain"]))
 
-    # Time targets use the paired ratio (median over rounds of variant / plain within the round): on a shared
-    # machine load shifts between rounds, and pairing cancels it; the ratio of medians is reported beside it.
-    checks = {"capture_time": ("capture", timing["paired_ratio"]),
-              "capture_memory": ("capture", memory["delta_ratio"]),  # None: plain measured 0 B (smoke sizes)
-              "empty_trace_time": ("empty_trace", timing["paired_ratio"])}
-    checks = {k: d[n] for k, (n, d) in checks.items() if n in names}
-    result = {
-        "benchmark": "capture",
-        "command": "python -m benchmarks.capture " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "quick": args.quick,
-        "environment": harness.environment(),
-        "config": {"model": (f"interp.zoo.llava_grid({args.grid}, check=False)" if args.grid
-                             else f"interp.zoo.tiny('llava', size={args.size!r})"),
-                   **harness.describe(vlm, batch), "variants": names, "pristine_logits_equal": same,
-                   "question": QUESTION, "repeats": args.repeats, "warmup": args.warmup,
-                   "mem_repeats": args.mem_repeats, "threads": args.threads,
-                   "eager_scope": "language model eager (set_attn_implementation({'text_config': 'eager'})), "
-                                  "vision tower SDPA, output_attentions=True",
-                   "capture": "interp.capture(vlm, batch): all layers, queries='question', heads='mean'"},
-        "timing": timing,
-        "memory": memory,
-        "targets": {k: {"target": TARGETS[k], "measured": v, "met": v is not None and v <= TARGETS[k]}
-                    for k, v in checks.items()},
-    }
-    harness.write(args.out, result)
-    print("time ratio ×plain (paired / of medians):   "
-          + "  ".join(f"{n} {timing['paired_ratio'][n]:.3f} / {timing['ratio'][n]:.3f}" for n in names))
-    print("memory (peak − loaded) ratio ×plain:   "
-          + "  ".join(f"{n} {harness.fmt(memory['delta_ratio'][n])}" for n in names))
-    print(f"plain: {timing['median_s']['plain'] * 1e3:.1f} ms, {memory['peak_delta_mb']['plain']:.1f} MB above "
-          f"{memory['baseline_mb']['plain']:.0f} MB loaded; wrote {args.out}")
-    return result
+        # Time targets use the paired ratio (median over rounds of variant / plain within the round): on a shared
+        # machine load shifts between rounds, and pairing cancels it; the ratio of medians is reported beside it.
+        checks = {"capture_time": ("capture", timing["paired_ratio"]),
+                  "capture_memory": ("capture", memory["delta_ratio"]),  # None: plain measured 0 B (smoke sizes)
+                  "empty_trace_time": ("empty_trace", timing["paired_ratio"])}
+        checks = {k: d[n] for k, (n, d) in checks.items() if n in names}
+        result = {
+            "benchmark": "capture",
+            "command": "python -m benchmarks.capture " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "quick": args.quick,
+            "environment": harness.environment(),
+            "config": {"model": (f"interp.zoo.llava_grid({args.grid}, check=False)" if args.grid
+                                 else f"interp.zoo.tiny('llava', size={args.size!r})"),
+                       **harness.describe(vlm, batch), "variants": names, "pristine_logits_equal": same,
+                       "question": QUESTION, "repeats": args.repeats, "warmup": args.warmup,
+                       "mem_repeats": args.mem_repeats, "threads": args.threads,
+                       "eager_scope": "language model eager (set_attn_implementation({'text_config': 'eager'})), "
+                                      "vision tower SDPA, output_attentions=True",
+                       "capture": "interp.capture(vlm, batch): all layers, queries='question', heads='mean'"},
+            "timing": timing,
+            "memory": memory,
+            "targets": {k: {"target": TARGETS[k], "measured": v, "met": v is not None and v <= TARGETS[k]}
+                        for k, v in checks.items()},
+        }
+        harness.write(args.out, result)
+        print("time ratio ×plain (paired / of medians):   "
+              + "  ".join(f"{n} {timing['paired_ratio'][n]:.3f} / {timing['ratio'][n]:.3f}" for n in names))
+        print("memory (peak − loaded) ratio ×plain:   "
+              + "  ".join(f"{n} {harness.fmt(memory['delta_ratio'][n])}" for n in names))
+        print(f"plain: {timing['median_s']['plain'] * 1e3:.1f} ms, {memory['peak_delta_mb']['plain']:.1f} MB above "
+              f"{memory['baseline_mb']['plain']:.0f} MB loaded; wrote {args.out}")
+        return result
 
 
 if __name__ == "__main__":

@@ -104,44 +104,44 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--quick", action="store_true", help="tiny model, 2 repeats: a smoke run")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 repeats, memory measured in this process")
     ap.add_argument("--out", default=os.path.join(harness.RESULTS, "generate.json"))
     args = ap.parse_args(argv)
-    harness.set_threads(args.threads)
-    size = "tiny" if args.quick else "bench"
-    repeats = 2 if args.quick else args.repeats
-    cases = [c for c in args.cases.split(",") if c]
-    vlm, hf, batch = harness.models(QUESTION, size=size)
-    for m in (vlm.hf, hf):
-        m.generation_config.eos_token_id = None  # every variant decodes exactly n tokens
-    n = args.new_tokens
-    variants = _variants(vlm, hf, batch, n, cases)
-    # the same tokens come out of both (greedy), and AIF reused its prefix under every option
-    import interp
+    with harness.session(args.threads):
+        size = "tiny" if args.quick else "bench"
+        repeats = 2 if args.quick else args.repeats
+        cases = [c for c in args.cases.split(",") if c]
+        vlm, hf, batch = harness.models(QUESTION, size=size)
+        for m in (vlm.hf, hf):
+            m.generation_config.eos_token_id = None  # every variant decodes exactly n tokens
+        n = args.new_tokens
+        variants = _variants(vlm, hf, batch, n, cases)
+        # the same tokens come out of both (greedy), and AIF reused its prefix under every option
+        import interp
 
-    check = interp.intervene(vlm, interp.AIF()).generate(batch, max_new_tokens=n, num_beams=2)
-    assert check.diagnostics["aif"]["reuse"], check.diagnostics["aif"]["reuse_reason"]
-    raw = harness.interleave(variants, repeats=repeats)
-    paired = {c: statistics.median(a / b for a, b in zip(raw[c], raw[f"plain_{c}"])) for c in cases}
-    med = {k: statistics.median(v) for k, v in raw.items()}
-    result = {"paired_ratio": paired, "median_s": med, "raw_s": raw}
-    if any(c.startswith("long") for c in cases):
-        mem = harness.memory("benchmarks.generate", [{"variant": v, "size": size} for v in ("plain", "edge", "aif")],
-                             repeats=1 if args.quick else 2)
-        delta = {r["info"]["variant"]: statistics.median(r["peak_delta_bytes"]) for r in mem}
-        result["long_memory"] = {"peak_delta_mb": {k: harness.mb(v) for k, v in delta.items()}, "runs": mem}
-        for v in ("edge", "aif"):
-            paired[f"long_{v}_memory"] = harness.ratio(delta[v], delta["plain"])
-    payload = {"benchmark": "generate", "environment": harness.environment(),
-               "config": {**harness.describe(vlm, batch), "new_tokens": n, "repeats": repeats,
-                          "threads": args.threads, "cases": {c: str(CASES[c][1]) for c in cases}},
-               **result, "targets": TARGETS,
-               "met": {k: (v is not None and v <= TARGETS[k]) for k, v in paired.items()}}
-    path = harness.write(args.out, payload)
-    for k, v in paired.items():
-        print(f"{k:20s} {harness.fmt(v)} × plain (target ≤ {TARGETS[k]})")
-    print(f"→ {path}")
-    return payload
+        check = interp.intervene(vlm, interp.AIF()).generate(batch, max_new_tokens=n, num_beams=2)
+        assert check.diagnostics["aif"]["reuse"], check.diagnostics["aif"]["reuse_reason"]
+        raw = harness.interleave(variants, repeats=repeats)
+        paired = {c: statistics.median(a / b for a, b in zip(raw[c], raw[f"plain_{c}"])) for c in cases}
+        med = {k: statistics.median(v) for k, v in raw.items()}
+        result = {"paired_ratio": paired, "median_s": med, "raw_s": raw}
+        if any(c.startswith("long") for c in cases):
+            jobs = [{"variant": v, "size": size} for v in ("plain", "edge", "aif")]
+            mem = harness.memory("benchmarks.generate", jobs, repeats=1 if args.quick else 2, in_process=args.quick)
+            delta = {r["info"]["variant"]: statistics.median(r["peak_delta_bytes"]) for r in mem}
+            result["long_memory"] = {"peak_delta_mb": {k: harness.mb(v) for k, v in delta.items()}, "runs": mem}
+            for v in ("edge", "aif"):
+                paired[f"long_{v}_memory"] = harness.ratio(delta[v], delta["plain"])
+        payload = {"benchmark": "generate", "environment": harness.environment(),
+                   "config": {**harness.describe(vlm, batch), "new_tokens": n, "repeats": repeats,
+                              "threads": args.threads, "cases": {c: str(CASES[c][1]) for c in cases}},
+                   **result, "targets": TARGETS,
+                   "met": {k: (v is not None and v <= TARGETS[k]) for k, v in paired.items()}}
+        path = harness.write(args.out, payload)
+        for k, v in paired.items():
+            print(f"{k:20s} {harness.fmt(v)} × plain (target ≤ {TARGETS[k]})")
+        print(f"→ {path}")
+        return payload
 
 
 if __name__ == "__main__":

@@ -328,34 +328,34 @@ def main(argv=None) -> int:
         args.size, args.repeats, args.gen_repeats, args.flow_repeats = "tiny", 2, 2, 1
         args.new_tokens, args.gen_batches, args.eval_samples, args.eval_batch = 4, [1, 2], 4, 2
         args.eval_new_tokens, args.qwen_tokens, args.bisect = 4, [4, 16, 36], 2
-    if args.device == "cpu":
-        harness.set_threads(1)
-    t_start = time.perf_counter()
-    env = gh.environment(args.device)
-    command = "python -m benchmarks.gpu " + " ".join(argv if argv is not None else sys.argv[1:])
-    models, results, status = Models(args), {}, {}
-    try:
-        for part in [p for p in PARTS if p in args.parts]:
-            elapsed = time.perf_counter() - t_start
-            if elapsed > args.budget_s:
-                status[part] = {"status": "skipped", "reason": f"budget: {elapsed:.0f} s > {args.budget_s:.0f} s"}
-                continue
-            print(f"[{elapsed:6.1f} s] {part} ...", flush=True)
-            status[part] = {"status": "running"}
-            run_part(part, models, args, results, env, command)
-            status[part] = {"status": results[part]["status"], "wall_s": results[part]["wall_s"]}
-    except KeyboardInterrupt:  # gpu.sh's hard stop (SIGINT): keep what finished, say what did not
-        for part in args.parts:
-            if status.get(part, {}).get("status") in (None, "running"):
-                status[part] = {"status": "interrupted"}
-    summary = {"benchmark": "gpu_summary", "command": command, "quick": args.quick, "environment": env,
-               "args": vars(args), "parts": status, "targets": targets(results),
-               "total_s": time.perf_counter() - t_start}
-    harness.write(os.path.join(args.out_dir, "gpu_summary.json"), summary)
-    for k, v in summary["targets"].items():
-        print(f"{k:34s} {harness.fmt(v['measured'])} (target ≤ {v['target']}) {v['note']}")
-    print(f"total {summary['total_s']:.0f} s; parts: " + ", ".join(f"{k} {v['status']}" for k, v in status.items()))
-    return 0 if all(v["status"] == "ok" for v in status.values()) else 1
+    # on a CPU one thread (the smoke mode shares 2 cores with other jobs); a GPU run keeps the process's count
+    with harness.session(1 if args.device == "cpu" else torch.get_num_threads()):
+        t_start = time.perf_counter()
+        env = gh.environment(args.device)
+        command = "python -m benchmarks.gpu " + " ".join(argv if argv is not None else sys.argv[1:])
+        models, results, status = Models(args), {}, {}
+        try:
+            for part in [p for p in PARTS if p in args.parts]:
+                elapsed = time.perf_counter() - t_start
+                if elapsed > args.budget_s:
+                    status[part] = {"status": "skipped", "reason": f"budget: {elapsed:.0f} s > {args.budget_s:.0f} s"}
+                    continue
+                print(f"[{elapsed:6.1f} s] {part} ...", flush=True)
+                status[part] = {"status": "running"}
+                run_part(part, models, args, results, env, command)
+                status[part] = {"status": results[part]["status"], "wall_s": results[part]["wall_s"]}
+        except KeyboardInterrupt:  # gpu.sh's hard stop (SIGINT): keep what finished, say what did not
+            for part in args.parts:
+                if status.get(part, {}).get("status") in (None, "running"):
+                    status[part] = {"status": "interrupted"}
+        summary = {"benchmark": "gpu_summary", "command": command, "quick": args.quick, "environment": env,
+                   "args": vars(args), "parts": status, "targets": targets(results),
+                   "total_s": time.perf_counter() - t_start}
+        harness.write(os.path.join(args.out_dir, "gpu_summary.json"), summary)
+        for k, v in summary["targets"].items():
+            print(f"{k:34s} {harness.fmt(v['measured'])} (target ≤ {v['target']}) {v['note']}")
+        print(f"total {summary['total_s']:.0f} s; parts: " + ", ".join(f"{k} {v['status']}" for k, v in status.items()))
+        return 0 if all(v["status"] == "ok" for v in status.values()) else 1
 
 
 if __name__ == "__main__":

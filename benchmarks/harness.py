@@ -18,6 +18,7 @@ Linux), the child falls back to `ru_maxrss` (one high-water mark for the process
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime
 import gc
@@ -40,10 +41,19 @@ RESULTS = os.path.join(REPO, "benchmarks", "results")
 MMAP_THRESHOLD = 1 << 20  # bytes: allocations above go straight to mmap in memory children
 
 
-def set_threads(n: int) -> None:
-    """Intra-op threads for this process (and, through `BENCH_THREADS`, its memory children)."""
-    torch.set_num_threads(n)
-    os.environ["BENCH_THREADS"] = str(n)
+@contextlib.contextmanager
+def session(threads: int):
+    """What a benchmark's `main` runs inside: `threads` intra-op threads (memory children get the same number)
+    and an empty model cache. Both are restored after, since `main(argv)` also runs inside other processes
+    (the tests): the previous thread count comes back and the models built here are dropped."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    _MODELS.clear()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        _MODELS.clear()
 
 
 def environment() -> dict:
@@ -200,21 +210,24 @@ def summarize(raw: dict, baseline: str) -> dict:
 
 
 def memory(module: str, jobs: list, *, repeats: int, warmup: int = 1, one_child: bool = False,
-           timeout: float = 600) -> list:
+           in_process: bool = False, timeout: float = 600) -> list:
     """Peak memory of each job, each in a fresh child process (all jobs in one child with `one_child`).
 
     A job is a JSON-able dict; the child calls `<module>.memory_job(job)` → (run_fn, info) and measures
     `run_fn()`. Returns one dict per job: job, method, baseline_bytes and peak_delta_bytes (lists, per run),
-    seconds (list), info.
+    seconds (list), info. `in_process`: measure here instead, with this process's allocator and whatever it
+    has loaded (the `--quick` smoke modes: the same code, no child start; not a measurement).
     """
+    spec = {"module": module, "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads()}
+    if in_process:
+        return _measure({**spec, "jobs": jobs})
     groups = [jobs] if one_child else [[j] for j in jobs]
     results = []
     for group in groups:
         path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), PYTHONPATH=path, HF_HUB_OFFLINE="1")
-        spec = json.dumps({"module": module, "jobs": group, "repeats": repeats, "warmup": warmup})
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.harness", spec], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.harness", json.dumps({**spec, "jobs": group})],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_RESULT ")]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"memory child for {module} {group} failed (rc {proc.returncode}):\n"
@@ -256,8 +269,8 @@ def _trim() -> None:
         pass
 
 
-def _child(spec: dict) -> list:
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+def _measure(spec: dict) -> list:
+    """The jobs of one `memory` spec, measured in this process (a memory child's work)."""
     mod = importlib.import_module(spec["module"])
     out = []
     for job in spec["jobs"]:
@@ -317,5 +330,7 @@ def mb(x: float) -> float:
 
 
 if __name__ == "__main__":
-    result = _child(json.loads(sys.argv[1]))
+    spec = json.loads(sys.argv[1])
+    torch.set_num_threads(spec["threads"])
+    result = _measure(spec)
     print("BENCH_RESULT " + json.dumps(result), flush=True)

@@ -77,54 +77,54 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.quick:
         args.grids, args.layers, args.hidden, args.heads, args.repeats = [4, 8], 2, 64, 2, 1
-    harness.set_threads(args.threads)
+    with harness.session(args.threads):
 
-    jobs = [{"grid": g, "layers": args.layers, "hidden": args.hidden, "heads": args.heads, "variant": v}
-            for g in args.grids for v in VARIANTS]
-    runs = harness.memory("benchmarks.memory_scaling", jobs, repeats=args.repeats, one_child=args.quick)
+        jobs = [{"grid": g, "layers": args.layers, "hidden": args.hidden, "heads": args.heads, "variant": v}
+                for g in args.grids for v in VARIANTS]
+        runs = harness.memory("benchmarks.memory_scaling", jobs, repeats=args.repeats, one_child=args.quick)
 
-    sizes = []
-    for g in args.grids:
-        by = {r["job"]["variant"]: r for r in runs if r["job"]["grid"] == g}
-        info = by["plain"]["info"]
-        T = info["seq_len"]
-        delta = {v: harness.mb(float(np.median(by[v]["peak_delta_bytes"]))) for v in VARIANTS}
-        base = {v: harness.mb(float(np.median(by[v]["baseline_bytes"]))) for v in VARIANTS}
-        sizes.append({
-            "grid": g, **info,
-            "baseline_mb": base,
-            "peak_delta_mb": delta,
-            "delta_ratio": {v: harness.ratio(delta[v], delta["plain"]) for v in VARIANTS},
-            "total_ratio": {v: (base[v] + delta[v]) / (base["plain"] + delta["plain"]) for v in VARIANTS},
-            # what eager must hold: one [B, H, T, T] float32 map per layer, all returned
-            "eager_maps_mb": harness.mb(args.layers * args.heads * T * T * 4),
-            "median_s": {v: float(np.median(by[v]["seconds"])) for v in VARIANTS},
-            "runs": by,
-        })
-    result = {
-        "benchmark": "memory_scaling",
-        "command": "python -m benchmarks.memory_scaling " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "quick": args.quick,
-        "environment": harness.environment(),
-        "config": {"model": "interp.zoo.llava_grid(grid, layers, hidden, heads, check=False); plain and eager "
-                            "on zoo.build_llava_grid (same weights, no nnsight)",
-                   "decoder_layers": args.layers, "hidden": args.hidden, "heads": args.heads,
-                   "head_dim": args.hidden // args.heads, "vision_tower": "CLIP, 2 layers, width 64, patch 14, SDPA",
-                   "question": QUESTION, "repeats": args.repeats, "warmup": 1, "threads": args.threads,
-                   "method": runs[0]["method"], "malloc_mmap_threshold": harness.MMAP_THRESHOLD,
-                   "note": f"{args.layers} decoder layers at every size (kept small so the 9,216-token eager run "
-                           "fits CPU time and memory); the decoder width does not change T.",
-                   "eager_scope": "language model eager, vision tower SDPA, output_attentions=True"},
-        "sizes": sizes,
-    }
-    harness.write(args.out, result)
-    print(f"{'vision':>7} {'T':>6} | peak − loaded (MB): plain capture eager | ratio ×plain: capture eager")
-    for s in sizes:
-        d, r = s["peak_delta_mb"], s["delta_ratio"]
-        print(f"{s['vision_tokens']:>7} {s['seq_len']:>6} | {d['plain']:>8.1f} {d['capture']:>8.1f} {d['eager']:>8.1f}"
-              f" | {harness.fmt(r['capture'], '>6.2f')} {harness.fmt(r['eager'], '>6.2f')}")
-    print(f"wrote {args.out}")
-    return result
+        sizes = []
+        for g in args.grids:
+            by = {r["job"]["variant"]: r for r in runs if r["job"]["grid"] == g}
+            info = by["plain"]["info"]
+            T = info["seq_len"]
+            delta = {v: harness.mb(float(np.median(by[v]["peak_delta_bytes"]))) for v in VARIANTS}
+            base = {v: harness.mb(float(np.median(by[v]["baseline_bytes"]))) for v in VARIANTS}
+            sizes.append({
+                "grid": g, **info,
+                "baseline_mb": base,
+                "peak_delta_mb": delta,
+                "delta_ratio": {v: harness.ratio(delta[v], delta["plain"]) for v in VARIANTS},
+                "total_ratio": {v: (base[v] + delta[v]) / (base["plain"] + delta["plain"]) for v in VARIANTS},
+                # what eager must hold: one [B, H, T, T] float32 map per layer, all returned
+                "eager_maps_mb": harness.mb(args.layers * args.heads * T * T * 4),
+                "median_s": {v: float(np.median(by[v]["seconds"])) for v in VARIANTS},
+                "runs": by,
+            })
+        result = {
+            "benchmark": "memory_scaling",
+            "command": "python -m benchmarks.memory_scaling " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "quick": args.quick,
+            "environment": harness.environment(),
+            "config": {"model": "interp.zoo.llava_grid(grid, layers, hidden, heads, check=False); plain and eager "
+                                "on zoo.build_llava_grid (same weights, no nnsight)",
+                       "decoder_layers": args.layers, "hidden": args.hidden, "heads": args.heads,
+                       "head_dim": args.hidden // args.heads, "vision_tower": "CLIP, 2 layers, width 64, patch 14, SDPA",
+                       "question": QUESTION, "repeats": args.repeats, "warmup": 1, "threads": args.threads,
+                       "method": runs[0]["method"], "malloc_mmap_threshold": harness.MMAP_THRESHOLD,
+                       "note": f"{args.layers} decoder layers at every size (kept small so the 9,216-token eager run "
+                               "fits CPU time and memory); the decoder width does not change T.",
+                       "eager_scope": "language model eager, vision tower SDPA, output_attentions=True"},
+            "sizes": sizes,
+        }
+        harness.write(args.out, result)
+        print(f"{'vision':>7} {'T':>6} | peak − loaded (MB): plain capture eager | ratio ×plain: capture eager")
+        for s in sizes:
+            d, r = s["peak_delta_mb"], s["delta_ratio"]
+            print(f"{s['vision_tokens']:>7} {s['seq_len']:>6} | {d['plain']:>8.1f} {d['capture']:>8.1f} {d['eager']:>8.1f}"
+                  f" | {harness.fmt(r['capture'], '>6.2f')} {harness.fmt(r['eager'], '>6.2f')}")
+        print(f"wrote {args.out}")
+        return result
 
 
 if __name__ == "__main__":

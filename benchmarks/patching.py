@@ -94,46 +94,48 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="two layers, 1 repeat: a smoke run")
     ap.add_argument("--out", default=os.path.join(harness.RESULTS, "patching.json"))
     args = ap.parse_args(argv)
-    harness.set_threads(args.threads)
-    import interp
+    with harness.session(args.threads):
+        import interp
 
-    vlm = interp.toy.load()
-    clean, corrupt = pair(vlm)
-    layers = [0, vlm.num_layers - 1] if args.quick else list(range(vlm.num_layers))
-    repeats = 1 if args.quick else args.repeats
-    window = 3
-    variants = {
-        "per_variant": lambda: per_variant(vlm, clean, corrupt, layers),
-        "batched": lambda: interp.patch_sweep(vlm, clean, corrupt, positions="tokens", layers=layers,
-                                              normalize=False),
-        "knockout_per_variant": lambda: knockout_per_variant(vlm, clean, window),
-        "knockout_batched": lambda: interp.knockout_flow(vlm, clean, window=window),
-    }
-    raw = harness.interleave(variants, repeats=repeats, warmup=0 if args.quick else 1)
-    summary = harness.summarize(raw, "per_variant")
-    ko = harness.summarize({k: raw[k] for k in ("knockout_per_variant", "knockout_batched")}, "knockout_per_variant")
-    ref = per_variant(vlm, clean, corrupt, layers)
-    got = interp.patch_sweep(vlm, clean, corrupt, positions="tokens", layers=layers, normalize=False).effect
-    diff = float((ref - got).abs().max())
-    kref = knockout_per_variant(vlm, clean, window)
-    kdiff = float((kref - interp.knockout_flow(vlm, clean, window=window).change).abs().max())
-    speedup = 1 / summary["paired_ratio"]["batched"]
-    payload = {
-        "benchmark": "patching", "quick": args.quick, "environment": harness.environment(),
-        "config": {"model": "interp.toy.load()", "decoder_layers": vlm.num_layers, "layers": layers,
-                   "seq_len": int(corrupt.input_ids.shape[1]), "variants": len(layers) * corrupt.layout.seq_len,
-                   "knockout_window": window, "repeats": repeats, "threads": args.threads},
-        "raw_s": raw, **summary,
-        "speedup": {"patch_sweep": speedup, "patch_sweep_ratio_of_medians": 1 / summary["ratio"]["batched"],
-                    "knockout_flow": 1 / ko["paired_ratio"]["knockout_batched"]},
-        "max_abs_difference": {"patch_sweep": diff, "knockout_flow": kdiff},
-        "targets": {"speedup": TARGET, "max_abs_difference": 1e-4},
-        "met": {"speedup": speedup >= TARGET, "identical": diff <= 1e-4 and kdiff <= 1e-4},
-    }
-    path = harness.write(args.out, payload)
-    print(f"patch_sweep batched {speedup:.1f}× faster than one forward per variant (max |Δ| {diff:.1e}); "
-          f"knockout_flow {payload['speedup']['knockout_flow']:.1f}× (max |Δ| {kdiff:.1e}) → {path}")
-    return payload
+        vlm = interp.toy.load()
+        clean, corrupt = pair(vlm)
+        layers = [0, vlm.num_layers - 1] if args.quick else list(range(vlm.num_layers))
+        repeats = 1 if args.quick else args.repeats
+        window = 3
+        out = {}  # each variant's last result: the comparison below needs no extra run
+
+        def keep(name, fn):
+            return lambda: out.__setitem__(name, fn())
+
+        variants = {
+            "per_variant": keep("per_variant", lambda: per_variant(vlm, clean, corrupt, layers)),
+            "batched": keep("batched", lambda: interp.patch_sweep(vlm, clean, corrupt, positions="tokens",
+                                                                  layers=layers, normalize=False).effect),
+            "knockout_per_variant": keep("knockout_per_variant", lambda: knockout_per_variant(vlm, clean, window)),
+            "knockout_batched": keep("knockout_batched", lambda: interp.knockout_flow(vlm, clean, window=window).change),
+        }
+        raw = harness.interleave(variants, repeats=repeats, warmup=0 if args.quick else 1)
+        summary = harness.summarize(raw, "per_variant")
+        ko = harness.summarize({k: raw[k] for k in ("knockout_per_variant", "knockout_batched")}, "knockout_per_variant")
+        diff = float((out["per_variant"] - out["batched"]).abs().max())
+        kdiff = float((out["knockout_per_variant"] - out["knockout_batched"]).abs().max())
+        speedup = 1 / summary["paired_ratio"]["batched"]
+        payload = {
+            "benchmark": "patching", "quick": args.quick, "environment": harness.environment(),
+            "config": {"model": "interp.toy.load()", "decoder_layers": vlm.num_layers, "layers": layers,
+                       "seq_len": int(corrupt.input_ids.shape[1]), "variants": len(layers) * corrupt.layout.seq_len,
+                       "knockout_window": window, "repeats": repeats, "threads": args.threads},
+            "raw_s": raw, **summary,
+            "speedup": {"patch_sweep": speedup, "patch_sweep_ratio_of_medians": 1 / summary["ratio"]["batched"],
+                        "knockout_flow": 1 / ko["paired_ratio"]["knockout_batched"]},
+            "max_abs_difference": {"patch_sweep": diff, "knockout_flow": kdiff},
+            "targets": {"speedup": TARGET, "max_abs_difference": 1e-4},
+            "met": {"speedup": speedup >= TARGET, "identical": diff <= 1e-4 and kdiff <= 1e-4},
+        }
+        path = harness.write(args.out, payload)
+        print(f"patch_sweep batched {speedup:.1f}× faster than one forward per variant (max |Δ| {diff:.1e}); "
+              f"knockout_flow {payload['speedup']['knockout_flow']:.1f}× (max |Δ| {kdiff:.1e}) → {path}")
+        return payload
 
 
 if __name__ == "__main__":

@@ -12,8 +12,27 @@ from PIL import Image
 ARCHS = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One intra-op thread for the whole run, then the previous count: the suite's models are tiny, where a
+    second thread on the shared 2-core machine costs more than it gives; and no test depends on the order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def num_threads():
+    """`num_threads(n)` sets torch's intra-op threads inside a test; the session's count comes back after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
+    """Every RNG seeded before each test: a test's draws do not depend on the tests before it."""
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
