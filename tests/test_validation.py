@@ -338,3 +338,43 @@ def test_every_exception_class_is_an_interp_error():
                if isinstance(v, type) and issubclass(v, Exception) and not issubclass(v, Warning)]
     assert len(classes) >= 5 and all(issubclass(c, interp.InterpError) for c in classes)
     assert issubclass(InterpWarning, UserWarning) and interp.errors is errors
+
+
+def test_cut_checks_match_a_brute_force_over_every_pair():
+    # check_cuts and coverage group query rows by which cuts select them (linear in T); the reference here
+    # builds every (query, key) pair: [B, S, S]
+    from interp.engine.core import Cut
+    from interp.engine.plan import check_cuts, coverage
+
+    vlm = zoo("llava")
+    from conftest import batch
+
+    lay = batch(vlm, 2).layout  # left-padded second row
+    B, S = lay.shape
+    ok = ~lay.pad
+    causal = torch.ones(S, S, dtype=torch.bool).tril()
+    g = torch.Generator().manual_seed(0)
+    raised = kept_any = 0
+    for trial in range(60):
+        E = 1 + trial % 3
+        dens = 0.2 + 0.7 * torch.rand(E, generator=g)
+        cuts = [Cut(torch.rand(B, S, generator=g) < dens[e], torch.rand(B, S, generator=g) < dens[e]) for e in range(E)]
+        pairs = ok[:, :, None] & ok[:, None, :] & causal  # [B, Q, K]
+        cut = torch.zeros(B, S, S, dtype=torch.bool)
+        for c in cuts:
+            cut |= c.queries[:, :, None] & c.keys[:, None, :]
+        selected = torch.stack([c.queries for c in cuts]).any(0) & ok
+        empty = (selected & ~(pairs & ~cut).any(-1)).any()
+        try:
+            check_cuts(lay, cuts)
+            assert not empty, trial
+        except InputError as e:
+            assert empty and "no visible key" in str(e), trial
+            raised += 1
+        q, k = torch.rand(B, S, generator=g) < 0.5, torch.rand(B, S, generator=g) < 0.5
+        target = pairs & q[:, :, None] & k[:, None, :]
+        n, kept, per_cut = coverage(lay, q, k, cuts)
+        assert n == int(target.sum()) and kept == int((target & ~cut).sum())
+        assert per_cut == [int((target & c.queries[:, :, None] & c.keys[:, None, :]).sum()) for c in cuts]
+        kept_any += 0 < kept < n
+    assert raised and raised < 60 and kept_any  # both outcomes occurred
