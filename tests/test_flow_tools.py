@@ -28,15 +28,6 @@ FAMILIES = ("toy", "llava", "qwen2_5_vl")
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread (two threads on a shared 2-core machine make a forward ~40× slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @functools.lru_cache(maxsize=None)
 def setup(family):
     """(vlm, pristine HF copy, its decoder stack, clean batch, corrupt batch with the same layout)."""

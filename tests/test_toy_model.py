@@ -17,7 +17,6 @@ def model():
 
     if not os.path.exists(os.path.join(toy.CHECKPOINT_DIR, "model.safetensors")):
         pytest.fail(f"no checkpoint in {toy.CHECKPOINT_DIR}; train one: python -m interp.toy.train --out DIR")
-    torch.set_num_threads(1)
     return LlavaForConditionalGeneration.from_pretrained(toy.CHECKPOINT_DIR, attn_implementation="sdpa").eval()
 
 

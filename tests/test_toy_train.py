@@ -20,7 +20,6 @@ from interp.toy import objectives as O
 def model():
     from transformers import LlavaForConditionalGeneration
 
-    torch.set_num_threads(1)
     return LlavaForConditionalGeneration.from_pretrained(toy.CHECKPOINT_DIR, attn_implementation="eager").eval()
 
 
@@ -222,15 +221,15 @@ def test_a_replay_continues_only_a_state_of_its_own_recipe():
     assert [n for n, _ in stages.continuations(state, flags, new=True)] == ["C", "C2", "C3"]
 
 
-def test_a_two_step_run_writes_a_checkpoint_interp_loads(tmp_path):
+def test_a_two_step_run_writes_a_checkpoint_interp_loads(tmp_path, num_threads):
     import interp
 
     out = tmp_path / "run"
     argv = ["--out", str(out), "--steps", "2", "--layers", "1", "--families", "spatial", "--eval-per-family",
             "2", "--minutes-c", "1", "--families-c", "spatial", "--aux-c", "1", "--answers-c", "left,right"]
-    threads = torch.get_num_threads()
-    got = train.main(argv)
-    assert torch.get_num_threads() == threads  # --threads is restored
+    num_threads(2)
+    got = train.main(argv)  # trains with --threads 1 (the default)
+    assert torch.get_num_threads() == 2  # and gives the process its count back
     written = json.load(open(out / "model_card.json"))
     assert written == json.loads(json.dumps(got)) and written["commands"][-1].endswith(" ".join(argv))
     t = written["training"]
