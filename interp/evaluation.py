@@ -198,8 +198,7 @@ def evaluate(vlm, samples, *interventions, batch_size: int = 8, max_new_tokens: 
 
     vlm: what `interp.load` returns; needs `vlm.prepare(images=[...], questions=[...])`.
     samples: a list of `Sample`, or anything `load_samples` takes ("toy", a .jsonl path, a datasets dir).
-    interventions: passed to `interp.intervene(vlm, *interventions)`; its `.generate(batch,
-        max_new_tokens=...)` must return an object with `.texts` (one generated continuation per row).
+    interventions: passed to `interp.intervene(vlm, *interventions)`, whose `.generate` answers each batch.
     out: a results JSONL path (or a directory → `<dir>/results.jsonl`): streamed, resumable (module docstring).
     model_name: the model's name in the metadata (default: read from `vlm`); resuming checks it.
     seed: of the bootstrap intervals. desc: the progress bar's label.
@@ -273,13 +272,7 @@ def evaluate(vlm, samples, *interventions, batch_size: int = 8, max_new_tokens: 
 
 def _generate(vlm, runner, samples: list[Sample], max_new_tokens: int) -> list[str]:
     batch = vlm.prepare(images=[s.image for s in samples], questions=[s.question for s in samples])
-    out = runner.generate(batch, max_new_tokens=max_new_tokens)
-    texts = getattr(out, "texts", out)
-    if not isinstance(texts, (list, tuple)) or len(texts) != len(samples) or \
-            not all(isinstance(t, str) for t in texts):
-        raise InputError(f"generate returned {type(texts).__name__} for a batch of {len(samples)}; expected "
-                         f"an object whose .texts is a list of {len(samples)} str")
-    return list(texts)
+    return list(runner.generate(batch, max_new_tokens=max_new_tokens).texts)  # one continuation per row
 
 
 def _record(id_: str, s: Sample, text: str, metric: str) -> dict:
@@ -390,16 +383,5 @@ def _describe(intervention) -> str:
 
 
 def _model_name(vlm) -> str:
-    # interp.VLM keeps its source (hub id / directory) and the HF config's name; fakes may set `.name`.
-    for get in (lambda: vlm.name, lambda: vlm.source, lambda: vlm.hf.config._name_or_path,
-                lambda: vlm.config._name_or_path):
-        try:
-            value = get()
-        except AttributeError:
-            continue
-        if isinstance(value, (str, os.PathLike)) and str(value):
-            return str(value)
-    identity = getattr(vlm, "identity", None)
-    if callable(identity):  # a built model without a name (e.g. interp.zoo): its architecture and size
-        return json.dumps(identity(), sort_keys=True)
-    return type(vlm).__qualname__
+    # interp.load records where it read the model (hub id, directory) or a built model's config name or class
+    return str(vlm.source or type(vlm.hf).__name__)
