@@ -4,6 +4,7 @@ import json
 import sys
 import types
 
+import datasets
 import pytest
 from PIL import Image
 
@@ -156,7 +157,6 @@ def test_limit_opens_only_selected_images(image_dir):
 # --- datasets directories ---------------------------------------------------------------------------------
 
 def test_hf_dataset_round_trip(tmp_path):
-    datasets = pytest.importorskip("datasets")
     features = datasets.Features({
         "image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string"),
         "category": datasets.Value("string"), "qid": datasets.Value("int64"),
@@ -187,7 +187,6 @@ def test_hf_dataset_round_trip(tmp_path):
 
 
 def test_hf_dataset_splits_and_paths(tmp_path):
-    datasets = pytest.importorskip("datasets")
     (tmp_path / "imgs").mkdir()
     _img((1, 2, 3)).save(tmp_path / "imgs" / "a.png")
     rows = {"image": ["imgs/a.png", "imgs/a.png"], "question": ["q1", "q2"], "answer": ["x", "y"]}

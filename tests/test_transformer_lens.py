@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformer_lens.model_bridge.sources.transformers import helpers as tl_helpers
 
 import interp
 from interp.models import zoo as zoo_mod
 
 from conftest import images, zoo
-
-tl_helpers = pytest.importorskip("transformer_lens.model_bridge.sources.transformers.helpers")
 
 
 @pytest.fixture(scope="module")
