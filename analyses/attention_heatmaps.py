@@ -18,24 +18,29 @@ import textwrap
 
 import numpy as np
 
-from analyses import common
+from analyses import batching, record
+from analyses.registry import Analysis, Option
 
 NAME = "attention_heatmaps"
 MIN_SHARE = 0.05  # panels with less attention on the image do not set the colour scale
 
 
-def _add_args(p):
-    p.add_argument("--layers", default=None, help="comma-separated decoder layers (default: 4 spread over depth)")
 
 
-def pick_layers(num_layers: int, spec: str | None, k: int = 4) -> list[int]:
-    if spec:
-        layers = [int(x) for x in spec.split(",") if x.strip()]
+def ints(text: str) -> list[int]:
+    """'0,3,7' → [0, 3, 7] (the --layers flag)."""
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def pick_layers(num_layers: int, layers=None, k: int = 4) -> list[int]:
+    """The layers given (a list, or '0,3,7'), checked against the model; else k spread from first to last."""
+    if layers:
+        layers = ints(layers) if isinstance(layers, str) else [int(l) for l in layers]
         bad = [l for l in layers if not 0 <= l < num_layers]
         if bad:
             from interp.errors import InputError
 
-            raise InputError(f"--layers {bad} out of range; the model has {num_layers} decoder layers "
+            raise InputError(f"layers {bad} out of range; the model has {num_layers} decoder layers "
                              f"(0..{num_layers - 1})")
         return layers
     if num_layers <= k:
@@ -43,29 +48,28 @@ def pick_layers(num_layers: int, spec: str | None, k: int = 4) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, num_layers - 1, k)})
 
 
-def compute(vlm, samples, args) -> dict:
+def measure(vlm, samples, cfg, *, layers=None) -> dict:
     """Per sample: the image (base64 PNG), grid extent, heat [n_layers, rows, cols], shares, texts."""
     import interp
     import interp.plot as ip
     from interp.attention.capture import Capture
     from interp.data.scoring import score
 
-    layers = pick_layers(vlm.num_layers, args.layers)
+    layers = pick_layers(vlm.num_layers, layers)
     rows = []
-    for chunk in common.batches(samples, args.batch_size, progress=not args.no_progress, desc=NAME):
-        batch = common.prepare(vlm, chunk)
+    for chunk in batching.batches(samples, cfg.batch_size, progress=cfg.progress, desc=NAME):
+        batch = batching.prepare(vlm, chunk)
         lay = batch.layout
         cap = Capture(queries="last", layers=tuple(layers), name="capture")
-        out = interp.intervene(vlm, cap).generate(batch, max_new_tokens=args.max_new_tokens)
+        out = interp.intervene(vlm, cap).generate(batch, max_new_tokens=cfg.max_new_tokens)
         stats = out.diagnostics["capture"]
         w = stats.vision_mean.float()  # [L', B, Nv]
         ratio = stats.vision_ratio.float()  # [L', B]
-        ev = common.vision_index(lay, lay.boxes_to_mask([list(s.boxes) for s in chunk]))  # [B, Nv]
+        ev = batching.evidence(lay, chunk)  # [B, Nv]
         for b, s in enumerate(chunk):
             img = lay.images[b][0]
             piece = img.main
-            pb = piece.boxes
-            extent = [float(pb[:, 0].min()), float(pb[:, 1].min()), float(pb[:, 2].max()), float(pb[:, 3].max())]
+            extent = batching.grid_extent(piece)
             n = int(lay.num_vision[b])
             heats, box_share = [], []
             for i in range(len(layers)):
@@ -75,7 +79,7 @@ def compute(vlm, samples, args) -> dict:
                 box_share.append(float(v[ev[b, :n]].sum()) if s.boxes else None)
             rows.append({
                 "id": s.id, "family": s.family, "question": s.question, "answer": s.answer,
-                "prediction": out.texts[b], "correct": bool(score(s, out.texts[b], args.metric) >= 0.5),
+                "prediction": out.texts[b], "correct": bool(score(s, out.texts[b], cfg.metric) >= 0.5),
                 "image": ip.image_to_b64(s.images[0]), "boxes": [list(x) for x in s.boxes],
                 "extent": extent, "grid": list(piece.grid), "heat": np.stack(heats),  # [n_layers, rows, cols]
                 "vision_share": ratio[:, b].numpy(), "box_share": box_share,
@@ -88,14 +92,14 @@ def plot(data, out_dir=None) -> list:
     """Redraw OUT/attention_heatmaps.{png,pdf} from the JSON (path or dict) alone."""
     import interp.plot as ip
 
-    data, here = common.read_json(data)
+    data, here = record.read_json(data)
     out_dir = out_dir or here
     ip.style()
     layers, rows = data["layers"], data["samples"]
     ncols = 1 + len(layers)
     width = ip.FULL if ncols >= 4 else ip.COLUMN * ncols / 3
     fig, axes = ip.figure(ncols, len(rows), width=width, aspect=1.42, squeeze=False)
-    heats = [common.arr(r["heat"]) for r in rows]
+    heats = [record.arr(r["heat"]) for r in rows]
     # Colour scale: the largest value among panels where the image gets ≥ 5% of the attention; a panel where
     # it gets almost none is renormalised noise and would otherwise wash out every other panel (it saturates).
     looked = [float(np.nanmax(h[j])) for r, h in zip(rows, heats) for j in range(len(layers))
@@ -132,9 +136,24 @@ def plot(data, out_dir=None) -> list:
     return ip.save(fig, out_dir, NAME, dpi=200)  # many image panels: 200 dpi keeps the PNG small
 
 
-def main(argv=None) -> dict:
-    return common.run(NAME, __doc__, compute, plot, argv, limit=4, batch_size=8, add_args=_add_args)
+def finding(d) -> str:
+    """REPORT: the evidence boxes' share of the last prompt token's vision attention, per layer (descriptive)."""
+    shares = [s["box_share"] for s in d["samples"] if s.get("box_share")]
+    if not shares:
+        return "No evidence boxes in these samples."
+    sh = record.arr(shares)  # [S, layers]
+    area = np.mean([s["box_area"] for s in d["samples"] if s.get("box_area") is not None])
+    cells = ", ".join(f"layer {l}: {v:.2f}" for l, v in zip(d["layers"], np.nanmean(sh, 0)))
+    return (f"Share of the last prompt token's vision attention inside the evidence boxes, mean over the "
+            f"{len(sh)} samples drawn ({cells}); the boxes cover {area:.2f} of the vision tokens. Descriptive "
+            "(a handful of samples), no claim tested.")
 
+
+ANALYSIS = Analysis(NAME, __doc__, title="Attention over the image", measure=measure, plot=plot, finding=finding,
+                    limit=4, batch_size=8, notebook_limit=4,
+                    options=(Option("layers", None, "comma-separated decoder layers (default: 4 spread over depth)",
+                                    ints),))
+compute, run, main = ANALYSIS.compute, ANALYSIS.run, ANALYSIS.main
 
 if __name__ == "__main__":
     main()

@@ -17,10 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from analyses.common import git_revision as _git_revision
-from analyses.common import load_model
-from analyses.common import versions as _versions
-from analyses.common import write_json as _write_json
+from analyses.loading import load_model
+from analyses.record import git_revision as _git_revision
+from analyses.record import versions as _versions
+from analyses.record import write_json as _write_json
 from interp.data.loaders import load_samples
 from interp.data.scoring import METRICS
 from interp.evaluation import evaluate

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from analyses import common
-from analyses.patching import bands, verdict
+from analyses import batching, record
+from analyses.findings import verdict
+from analyses.registry import Analysis, Option
+from interp.stats import bootstrap_mean
 
 NAME = "knockout_flow"
 COLORS = {"vision → question": "#0173b2", "vision → last": "#029e73", "question → last": "#de8f05"}
@@ -24,21 +26,19 @@ PAIR = ("vision → question", "question → last")  # the two flows whose peaks
 BOOT = 2000
 
 
-def _add_args(p):
-    p.add_argument("--window", type=int, default=None, help="layers per window (default: a quarter of them)")
 
 
-def compute(vlm, samples, args) -> dict:
+def measure(vlm, samples, cfg, *, window=None) -> dict:
     import interp
     from interp.data.scoring import score
 
     rows, correct, fams = [], [], []
     flow = None
-    for chunk in common.batches(samples, args.batch_size, progress=not args.no_progress, desc=NAME):
-        batch = common.prepare(vlm, chunk)
-        flow = interp.knockout_flow(vlm, batch, window=args.window)
+    for chunk in batching.batches(samples, cfg.batch_size, progress=cfg.progress, desc=NAME):
+        batch = batching.prepare(vlm, chunk)
+        flow = interp.knockout_flow(vlm, batch, window=window)
         words = vlm.tokenizer.batch_decode(flow.targets[:, None])
-        correct += [bool(score(s, w.strip(), args.metric) >= 0.5) for s, w in zip(chunk, words)]
+        correct += [bool(score(s, w.strip(), cfg.metric) >= 0.5) for s, w in zip(chunk, words)]
         rows.append(flow.rows.numpy())  # [E, W, B]
         fams += [s.family for s in chunk]
     rel = np.concatenate(rows, 2).transpose(2, 0, 1)  # [N, E, W]
@@ -47,7 +47,7 @@ def compute(vlm, samples, args) -> dict:
     return {"n": int(len(used)), "n_all": len(samples), "kept": "answered right" if keep.any() else
             "all (the model answers none right)", "edges": flow.edges, "starts": flow.starts,
             "window": flow.window, "rows": used, "families": [f for f, k in zip(fams, keep) if k or not keep.any()],
-            "peaks": peaks(used, flow.edges, flow.starts, args.seed)}
+            "peaks": peaks(used, flow.edges, flow.starts, cfg.seed)}
 
 
 def peaks(rows, edges, starts, seed: int = 0) -> dict:
@@ -97,17 +97,17 @@ def plot(data, out_dir=None) -> list:
     """Redraw OUT/knockout_flow.{png,pdf} from the JSON (path or dict) alone."""
     import interp.plot as ip
 
-    data, here = common.read_json(data)
+    data, here = record.read_json(data)
     out_dir = out_dir or here
     ip.style()
-    r = 100 * common.arr(data["rows"])  # [N, E, W] percent
+    r = 100 * record.arr(data["rows"])  # [N, E, W] percent
     starts, k = data["starts"], data["window"]
     fig, ax = ip.figure(width="column", aspect=0.8)
     ax.axhline(0, color="#555555", lw=0.7, ls="--")
     for e, name in enumerate(data["edges"]):
         if not len(r):
             break
-        m, lo, hi = bands(r[:, e], data["seed"])
+        m, lo, hi = bootstrap_mean(r[:, e], seed=data["seed"], axis=0)  # [W] each
         ip.layer_curve(ax, starts, mean=m, lo=lo, hi=hi, label=name, color=COLORS.get(name))
         p = data["peaks"].get(name)
         if p:
@@ -122,9 +122,11 @@ def plot(data, out_dir=None) -> list:
     return ip.save(fig, out_dir, NAME)
 
 
-def main(argv=None) -> dict:
-    return common.run(NAME, __doc__, compute, plot, argv, limit=48, batch_size=16, add_args=_add_args)
-
+ANALYSIS = Analysis(NAME, __doc__, title="Attention knockout over layer windows", measure=measure, plot=plot,
+                    finding=finding, limit=48, batch_size=16, main_limit=96, notebook_limit=16,
+                    claim="Zhang et al.: vision → question acts in shallower layers than question → last",
+                    options=(Option("window", None, "layers per window (default: a quarter of them)", int),))
+compute, run, main = ANALYSIS.compute, ANALYSIS.run, ANALYSIS.main
 
 if __name__ == "__main__":
     main()

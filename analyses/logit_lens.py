@@ -18,27 +18,28 @@ import textwrap
 
 import numpy as np
 
-from analyses import common
-from analyses.patching import bands, verdict
+from analyses import batching, loading, record
 from analyses.attention_heatmaps import pick_layers
+from analyses.findings import verdict
+from analyses.registry import Analysis
+from interp.stats import bootstrap_ci, bootstrap_mean
 
 NAME = "logit_lens"
 SHOW = 3
 
 
-def compute(vlm, samples, args) -> dict:
+def measure(vlm, samples, cfg) -> dict:
     import torch
 
     import interp
     import interp.plot as ip
-    from interp.stats import bootstrap_ci
 
-    samples = common.with_boxes(samples, NAME)
+    samples = loading.with_boxes(samples, NAME)
     layers = pick_layers(vlm.num_layers, None)
     tok = vlm.tokenizer
     share, area, pooled, vis_mass, shown = [], [], [], [], []
-    for chunk in common.batches(samples, args.batch_size, progress=not args.no_progress, desc=NAME):
-        batch = common.prepare(vlm, chunk)
+    for chunk in batching.batches(samples, cfg.batch_size, progress=cfg.progress, desc=NAME):
+        batch = batching.prepare(vlm, chunk)
         lay = batch.layout
         targets = [tok(" " + s.answer, add_special_tokens=False)["input_ids"][0] for s in chunk]
         lens = interp.logit_lens(vlm, batch, targets=targets, positions="vision")
@@ -52,15 +53,13 @@ def compute(vlm, samples, args) -> dict:
         for b, s in enumerate(chunk):
             if len(shown) < SHOW:
                 img = lay.images[b][0]
-                pb = img.main.boxes
                 shown.append({"question": s.question, "answer": s.answer, "image": ip.image_to_b64(s.images[0]),
                               "boxes": [list(x) for x in s.boxes],
-                              "extent": [float(pb[:, 0].min()), float(pb[:, 1].min()), float(pb[:, 2].max()),
-                                         float(pb[:, 3].max())],
+                              "extent": batching.grid_extent(img.main),
                               "heat": np.stack([lens.on_grid(l, row=b)[0][img.main.name].numpy() for l in layers])})
     share, area, pooled = np.concatenate(share), np.concatenate(area), np.concatenate(pooled)
     diff = pooled - area
-    ci = bootstrap_ci(diff, seed=args.seed)
+    ci = bootstrap_ci(diff, seed=cfg.seed)
     return {"n": len(samples), "layers": list(range(vlm.num_layers)), "shown_layers": layers, "box_share": share,
             "area_share": area, "pooled_box_share": pooled, "mean_vision_prob": np.concatenate(vis_mass),
             "families": [s.family for s in samples], "examples": shown,
@@ -74,7 +73,7 @@ def finding(d) -> str:
     v = d["verdict"]
     lo, hi = v["ci"]
     held = True if lo > 0 else False if hi <= 0 else None
-    share = np.nanmean(common.arr(d["box_share"]), 0)
+    share = np.nanmean(record.arr(d["box_share"]), 0)
     cells = ", ".join(f"{l}: {x:.2f}" for l, x in zip(d["layers"], share))
     return (f"Logit lens over the image ({d['n']} samples): read through the final norm and unembedding, the answer "
             f"word's probability mass over the vision tokens lies {v['pooled_share']:.2f} inside the evidence boxes "
@@ -88,7 +87,7 @@ def plot(data, out_dir=None) -> list:
 
     import interp.plot as ip
 
-    data, here = common.read_json(data)
+    data, here = record.read_json(data)
     out_dir = out_dir or here
     ip.style()
     ex, layers = data["examples"], data["shown_layers"]
@@ -96,7 +95,7 @@ def plot(data, out_dir=None) -> list:
     fig.get_layout_engine().set(h_pad=0.12, hspace=0.1)  # room for the labels under each row (`_under`)
     left, right = fig.subfigures(1, 2, width_ratios=[1 + len(layers), 3.2])
     axes = np.atleast_2d(left.subplots(max(1, len(ex)), 1 + len(layers), squeeze=False))
-    heats = [common.arr(e["heat"]) for e in ex]
+    heats = [record.arr(e["heat"]) for e in ex]
     vmax = max([float(np.nanmax(h)) for h in heats if np.isfinite(h).any()] + [1e-6])
     im = None
     for i, (e, heat) in enumerate(zip(ex, heats)):
@@ -117,11 +116,11 @@ def plot(data, out_dir=None) -> list:
         cb = left.colorbar(im, ax=axes[:, 1:], shrink=0.8, aspect=30, location="bottom", panchor=False)
         cb.set_label("p(answer word) read from the vision token (power scale)", fontsize=7)
     ax = right.subplots()
-    share, area = common.arr(data["box_share"]), common.arr(data["area_share"])
+    share, area = record.arr(data["box_share"]), record.arr(data["area_share"])
     L = data["layers"]
-    m, lo, hi = bands(share, data["seed"])
+    m, lo, hi = bootstrap_mean(share, seed=data["seed"], axis=0)  # [L] each
     ip.layer_curve(ax, L, mean=m, lo=lo, hi=hi, label="evidence-box share of p(answer)", color=ip.COLORS["evidence"])
-    a = ip.bootstrap_band(area, seed=data["seed"])
+    a = bootstrap_mean(area, seed=data["seed"])
     ax.axhline(a[0], color=ip.COLORS["background"], ls="--", lw=1.0, label=f"box area share ({a[0]:.2f})")
     ip.integer_ticks(ax, L)
     top = float(np.nanmax(np.append(hi, a[0]))) if np.isfinite(hi).any() else 1.0
@@ -141,9 +140,10 @@ def _under(ax, text):
     t.set_in_layout(False)
 
 
-def main(argv=None) -> dict:
-    return common.run(NAME, __doc__, compute, plot, argv, limit=48, batch_size=16)
-
+ANALYSIS = Analysis(NAME, __doc__, title="Logit lens over the image", measure=measure, plot=plot, finding=finding,
+                    limit=48, batch_size=16, main_limit=96, notebook_limit=16,
+                    claim="the answer emerges at the evidence tokens more than their area predicts")
+compute, run, main = ANALYSIS.compute, ANALYSIS.run, ANALYSIS.main
 
 if __name__ == "__main__":
     main()

@@ -14,42 +14,48 @@ Writes OUT/mu_masking.{json,png,pdf}.
 
 from __future__ import annotations
 
-from analyses import common
+from analyses import batching, record, tables
+from analyses.findings import fmt, verdict
+from analyses.registry import Analysis, Option
+from interp.stats import bootstrap_mean
 
 NAME = "mu_masking"
 WHICH = ("lowest", "highest", "random")
+FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def _add_args(p):
-    p.add_argument("--fractions", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
-                   help="comma-separated fractions of vision tokens to cut (0 = plain model)")
+def floats(text: str) -> list[float]:
+    """'0,0.1,0.5' → [0.0, 0.1, 0.5] (the --fractions flag)."""
+    return [float(x) for x in text.split(",") if x.strip()]
 
 
-def compute(vlm, samples, args) -> dict:
+
+
+def measure(vlm, samples, cfg, *, fractions=FRACTIONS) -> dict:
     """scores[which][f] [N] per fraction; baseline [N]; blind [N]; accuracy with 95% bootstrap intervals."""
     import torch
 
     import interp
     from interp.methods import aif_math
 
-    fractions = [float(x) for x in args.fractions.split(",") if x.strip()]
-    gen = torch.Generator().manual_seed(args.seed)
+    fractions = [float(x) for x in (floats(fractions) if isinstance(fractions, str) else fractions)]
+    gen = torch.Generator().manual_seed(cfg.seed)
     base, blind = [], []
     scores = {w: [[] for _ in fractions] for w in WHICH}
     cut_counts = {w: [[] for _ in fractions] for w in WHICH}
     texts = {"baseline": []}
-    gk = dict(max_new_tokens=args.max_new_tokens, metric=args.metric)
-    for chunk in common.batches(samples, args.batch_size, progress=not args.no_progress, desc=NAME):
-        batch = common.prepare(vlm, chunk)
+    gk = dict(max_new_tokens=cfg.max_new_tokens, metric=cfg.metric)
+    for chunk in batching.batches(samples, cfg.batch_size, progress=cfg.progress, desc=NAME):
+        batch = batching.prepare(vlm, chunk)
         lay = batch.layout
         stats = interp.capture(vlm, batch, queries="question")
         d = stats.vision_max.permute(1, 0, 2).float()  # [B, L, Nv]
         valid = lay.vision_valid()
         mu, _ = aif_math.token_stats(d, valid)  # [B, Nv]
-        t, s0, _ = common.generate_scores(vlm, batch, chunk, **gk)
+        t, s0, _ = batching.generate_scores(vlm, batch, chunk, **gk)
         base += s0
         texts["baseline"] += t
-        blind += common.generate_scores(vlm, batch, chunk, (interp.EdgeMask("text", "vision"),), **gk)[1]
+        blind += batching.generate_scores(vlm, batch, chunk, (interp.EdgeMask("text", "vision"),), **gk)[1]
         for w in WHICH:
             for j, x in enumerate(fractions):
                 kept = aif_math.mu_keep(mu, x, which=w, generator=gen, valid=valid)
@@ -58,11 +64,9 @@ def compute(vlm, samples, args) -> dict:
                 if not cut.any():  # x = 0 (or rounds to no token): the plain model
                     scores[w][j] += s0
                     continue
-                mask = interp.EdgeMask("text", common.vision_group(lay, cut), name="mu_cut")
-                scores[w][j] += common.generate_scores(vlm, batch, chunk, (mask,), **gk)[1]
-    import interp.plot as ip
-
-    acc = {w: [ip.bootstrap_band(s, seed=args.seed) for s in scores[w]] for w in WHICH}
+                mask = interp.EdgeMask("text", batching.vision_group(lay, cut), name="mu_cut")
+                scores[w][j] += batching.generate_scores(vlm, batch, chunk, (mask,), **gk)[1]
+    acc = {w: [bootstrap_mean(s, seed=cfg.seed) for s in scores[w]] for w in WHICH}
     return {
         "n": len(samples),
         "fractions": fractions,
@@ -72,9 +76,9 @@ def compute(vlm, samples, args) -> dict:
         "blind": blind,
         "accuracy": {w: {"mean": [a[0] for a in acc[w]], "lo": [a[1] for a in acc[w]], "hi": [a[2] for a in acc[w]]}
                      for w in WHICH},
-        "baseline_accuracy": ip.bootstrap_band(base, seed=args.seed),
-        "blind_accuracy": ip.bootstrap_band(blind, seed=args.seed),
-        "chance": common.chance(samples, args.data),
+        "baseline_accuracy": bootstrap_mean(base, seed=cfg.seed),
+        "blind_accuracy": bootstrap_mean(blind, seed=cfg.seed),
+        "chance": tables.chance(samples, cfg.data),
         "families": [s.family for s in samples],
         "predictions_baseline": texts["baseline"],
     }
@@ -84,16 +88,16 @@ def plot(data, out_dir=None) -> list:
     """Redraw OUT/mu_masking.{png,pdf} from the JSON (path or dict) alone."""
     import interp.plot as ip
 
-    data, here = common.read_json(data)
+    data, here = record.read_json(data)
     out_dir = out_dir or here
     ip.style()
-    x = 100 * common.arr(data["fractions"])
+    x = 100 * record.arr(data["fractions"])
     fig, ax = ip.figure(aspect=0.78)
     labels = {"lowest": "lowest-μ tokens cut", "highest": "highest-μ tokens cut", "random": "random tokens cut"}
     markers = {"lowest": "o", "highest": "v", "random": "s"}
     for w in WHICH:
         a = data["accuracy"][w]
-        ip.layer_curve(ax, x, mean=common.arr(a["mean"]), lo=common.arr(a["lo"]), hi=common.arr(a["hi"]),
+        ip.layer_curve(ax, x, mean=record.arr(a["mean"]), lo=record.arr(a["lo"]), hi=record.arr(a["hi"]),
                        label=labels[w], color=ip.COLORS[w], marker=markers[w], band_alpha=0.15)
     b = data["blind_accuracy"][0]
     ax.axhline(b, color=ip.COLORS["blind"], ls=":", lw=1.0, label=f"all cut (blind) {b:.2f}")
@@ -109,9 +113,26 @@ def plot(data, out_dir=None) -> list:
     return ip.save(fig, out_dir, NAME)
 
 
-def main(argv=None) -> dict:
-    return common.run(NAME, __doc__, compute, plot, argv, limit=240, batch_size=120, add_args=_add_args)
+def finding(d) -> str:
+    """REPORT: does cutting the 90% lowest-μ tokens hurt less than cutting the 10% highest-μ ones?"""
+    fr = [round(float(x), 2) for x in d["fractions"]]
+    acc = d["accuracy"]
+    i9, i1 = fr.index(0.9), fr.index(0.1)
+    lo9 = (acc["lowest"]["mean"][i9], acc["lowest"]["lo"][i9], acc["lowest"]["hi"][i9])
+    hi1 = (acc["highest"]["mean"][i1], acc["highest"]["lo"][i1], acc["highest"]["hi"][i1])
+    held = True if lo9[1] > hi1[2] else (False if lo9[2] < hi1[1] else None)
+    b = d["baseline_accuracy"]
+    return (f"AIF (μ-based masking): cutting the 90% lowest-μ vision tokens hurts less than cutting the 10% "
+            f"highest-μ ones. Plain {fmt(*b)}; 90% lowest-μ cut {fmt(*lo9)}; 10% highest-μ cut {fmt(*hi1)}; "
+            f"blind {fmt(*d['blind_accuracy'])} — {verdict(held)}.")
 
+
+ANALYSIS = Analysis(NAME, __doc__, title="μ-based masking", measure=measure, plot=plot, finding=finding, limit=240,
+                    batch_size=120, main_limit=400, notebook_limit=12,
+                    claim="AIF: cutting the 90% lowest-μ tokens hurts less than cutting the 10% highest-μ",
+                    options=(Option("fractions", FRACTIONS, "comma-separated fractions of vision tokens to cut "
+                                    "(0 = the plain model)", floats),))
+compute, run, main = ANALYSIS.compute, ANALYSIS.run, ANALYSIS.main
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from analyses import common
+from analyses import loading, record
 from interp.data import benchmarks as B
 from interp.data import prompts
 from interp.data.lmms import BOX_CONVENTIONS
@@ -123,7 +123,7 @@ def load(args, local_rank: int, world: int):
         kw = {"dtype": getattr(torch, args.dtype)} if args.dtype else {}
         hf = AutoModelForImageTextToText.from_pretrained(src, device_map="auto", **kw)  # needs accelerate
         return interp.load(hf, processor=models._load_processor(src))
-    return common.load_model(args.model, seed=args.seed, dtype=args.dtype, device=device)
+    return loading.load_model(args.model, seed=args.seed, dtype=args.dtype, device=device)
 
 
 def interventions(method: str, vlm, args) -> tuple[tuple, str, object]:
@@ -311,19 +311,19 @@ def markdown(table: dict, args, label: str) -> str:
 
 def write_table(out: Path, args, opened: dict, argv, methods: dict) -> dict:
     table = cells(out, args, opened)
-    record = {
+    rec = {
         "analysis": "paper_table",
         "command": "python -m analyses.paper_table " + " ".join(sys.argv[1:] if argv is None else list(argv)),
         "arguments": {k: v for k, v in vars(args).items() if k not in ("method_list", "bench_list")},
         "settings": json.loads((out / "settings.json").read_text()),
         "methods": methods,
-        "versions": common.versions(), "git_revision": common.git_revision(outputs=out),
+        "versions": record.versions(), "git_revision": record.git_revision(outputs=out),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cells": table, "table": markdown(table, args, common.model_label(args.model)),
+        "cells": table, "table": markdown(table, args, loading.model_label(args.model)),
     }
-    common.write_json(out / "paper_table.json", record)
-    (out / "paper_table.md").write_text(record["table"] + "\n")
-    return record
+    record.write_json(out / "paper_table.json", rec)
+    (out / "paper_table.md").write_text(rec["table"] + "\n")
+    return rec
 
 
 def main(argv=None) -> dict | None:
@@ -343,7 +343,7 @@ def main(argv=None) -> dict | None:
     threads = args.threads or (1 if args.model == "toy" or args.model.startswith("zoo:") else None)
     if threads:
         torch.set_num_threads(threads)
-    common.seed_everything(args.seed)
+    loading.seed_everything(args.seed)
     vlm = load(args, local_rank, world)
     view = prompts.apply_style(vlm, args.prompt_style)
     check_box(view, args)

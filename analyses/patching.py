@@ -20,7 +20,10 @@ import warnings
 
 import numpy as np
 
-from analyses import common
+from analyses import batching, record
+from analyses.findings import span, verdict
+from analyses.registry import Analysis
+from interp.stats import bootstrap_ci
 
 NAME = "patching"
 GROUPS = ("vision", "question", "last")
@@ -29,7 +32,7 @@ SHOW = 2  # example pairs drawn over the image
 BLOCK = 2
 
 
-def mirror_pairs(vlm, samples, args, limit: int):
+def mirror_pairs(vlm, samples, cfg, limit: int):
     """(clean, corrupt) samples with a side answer, mirrored along the asked axis; those the model answers right
     on both sides first (all of them when it answers none right, e.g. a random zoo model). Returns (pairs,
     how they were selected)."""
@@ -37,14 +40,14 @@ def mirror_pairs(vlm, samples, args, limit: int):
 
     import interp
 
-    if str(args.data) == "toy":
-        cands = interp.toy.dataset(3 * limit + 8, seed=interp.toy.EVAL_SEED + args.seed, families=["spatial"])
+    if str(cfg.data) == "toy":
+        cands = interp.toy.dataset(3 * limit + 8, seed=interp.toy.EVAL_SEED + cfg.seed, families=["spatial"])
     else:
         cands = [s for s in samples if s.answer in SIDES]
     if not cands:
         from interp.errors import InputError
 
-        raise InputError(f"{NAME} needs spatial questions answered left/right/above/below; {args.data} has none")
+        raise InputError(f"{NAME} needs spatial questions answered left/right/above/below; {cfg.data} has none")
     pairs = [(s, interp.toy.mirror(s, SIDES[s.answer])) for s in cands]
     tok = vlm.tokenizer
     right = []
@@ -52,7 +55,7 @@ def mirror_pairs(vlm, samples, args, limit: int):
         chunk = pairs[i:i + 32]
         ok = torch.ones(len(chunk), dtype=torch.bool)
         for side in (0, 1):
-            batch = common.prepare(vlm, [p[side] for p in chunk])
+            batch = batching.prepare(vlm, [p[side] for p in chunk])
             logits = interp.intervene(vlm).forward(batch).logits
             last = batch.layout.last.int().argmax(1)
             pred = logits[torch.arange(len(chunk)), last].argmax(-1).cpu()
@@ -66,16 +69,16 @@ def mirror_pairs(vlm, samples, args, limit: int):
     return pairs[:limit], "the first pairs (the model answers none right on both sides)"
 
 
-def compute(vlm, samples, args) -> dict:
+def measure(vlm, samples, cfg) -> dict:
     from interp.errors import InterpWarning
 
-    pairs, selection = mirror_pairs(vlm, samples, args, args.limit)
+    pairs, selection = mirror_pairs(vlm, samples, cfg, cfg.limit)
     with warnings.catch_warnings():  # pairs predicting the same token: `selection` and the JSON say so
         warnings.filterwarnings("ignore", category=InterpWarning, message="patch_sweep: clean and corrupt")
-        return sweeps(vlm, pairs, selection, args)
+        return sweeps(vlm, pairs, selection, cfg)
 
 
-def sweeps(vlm, pairs, selection, args) -> dict:
+def sweeps(vlm, pairs, selection, cfg) -> dict:
     """The four sweeps and attribution patching over `pairs`, in batches of --batch-size pairs."""
     import torch
 
@@ -85,9 +88,9 @@ def sweeps(vlm, pairs, selection, args) -> dict:
     kw = dict(batch_size=256)
     group, vis, text, blocks, heads, attr_r, attr_vis, attr_text = [], [], [], [], [], [], [], []
     labels, shown = None, []
-    for chunk in common.batches(pairs, args.batch_size, progress=not args.no_progress, desc=NAME):
-        clean = common.prepare(vlm, [p[0] for p in chunk])
-        corrupt = common.prepare(vlm, [p[1] for p in chunk])
+    for chunk in batching.batches(pairs, cfg.batch_size, progress=cfg.progress, desc=NAME):
+        clean = batching.prepare(vlm, [p[0] for p in chunk])
+        corrupt = batching.prepare(vlm, [p[1] for p in chunk])
         lay = corrupt.layout
         g = interp.patch_sweep(vlm, clean, corrupt, groups=GROUPS, **kw)
         tk = interp.patch_sweep(vlm, clean, corrupt, positions="tokens", **kw)
@@ -113,13 +116,11 @@ def sweeps(vlm, pairs, selection, args) -> dict:
         for b in range(len(chunk)):
             if len(shown) < SHOW and (not shown or SIDES[chunk[b][0].answer] != shown[0]["axis"]):
                 img = lay.images[b][0].main
-                pb = img.boxes
                 shown.append({"question": chunk[b][0].question, "clean": chunk[b][0].answer,
                               "corrupt": chunk[b][1].answer, "axis": SIDES[chunk[b][0].answer],
                               "image": ip.image_to_b64(chunk[b][0].images[0]),
                               "boxes": [list(x) for x in chunk[b][0].boxes],
-                              "extent": [float(pb[:, 0].min()), float(pb[:, 1].min()), float(pb[:, 2].max()),
-                                         float(pb[:, 3].max())],
+                              "extent": batching.grid_extent(img),
                               "map": bl.rows[b].numpy()})  # [L, nb]
     K = min(t.shape[1] for t in text)  # text tokens aligned from the end of the prompt
     ex = np.concatenate([np.stack(vis), np.stack([t[:, -K:] for t in text])], 2)  # [N, L, Nv + K]
@@ -134,14 +135,10 @@ def sweeps(vlm, pairs, selection, args) -> dict:
             "head_rows": np.concatenate(heads), "examples": shown,
             "attribution_r": {"pooled": pooled, "per_pair": attr_r,
                               "per_pair_mean": float(np.mean(rs)) if rs else None,
-                              "per_pair_ci": list(_boot(rs, args.seed)) if rs else None},
-            "transition": transition(np.concatenate(group), args.seed)}
+                              "per_pair_ci": list(bootstrap_ci(rs, seed=cfg.seed)) if rs else None},
+            "transition": transition(np.concatenate(group), cfg.seed)}
 
 
-def _boot(x, seed):
-    from interp.stats import bootstrap_ci
-
-    return bootstrap_ci(np.asarray(x, dtype=np.float64), seed=seed)
 
 
 def transition(rows, seed: int = 0) -> dict:
@@ -155,8 +152,8 @@ def transition(rows, seed: int = 0) -> dict:
         return {"n": 0, "d_mean": [], "d_ci": [], "switch": [], "switch_mean": None, "switch_ci": None}
     L = d.shape[1]
     switch = np.where((d > 0).any(1), (d > 0).argmax(1), L)
-    return {"n": int(len(d)), "d_mean": d.mean(0), "d_ci": [list(_boot(d[:, l], seed)) for l in range(L)],
-            "switch": switch, "switch_mean": float(switch.mean()), "switch_ci": list(_boot(switch, seed))}
+    return {"n": int(len(d)), "d_mean": d.mean(0), "d_ci": [list(bootstrap_ci(d[:, l], seed=seed)) for l in range(L)],
+            "switch": switch, "switch_mean": float(switch.mean()), "switch_ci": list(bootstrap_ci(switch, seed=seed))}
 
 
 def finding(d) -> str:
@@ -181,8 +178,8 @@ def finding(d) -> str:
     attr = (f" Attribution patching (one forward + one backward) against exact patching over the layer × token "
             f"map: Pearson r = {r['pooled']:.2f} pooled, {r['per_pair_mean']:.2f} "
             f"[{r['per_pair_ci'][0]:.2f}, {r['per_pair_ci'][1]:.2f}] per pair." if r.get("per_pair_ci") else "")
-    where = (f"the vision tokens carry it at {_span(vision)}, the question / last positions from layer "
-             f"{min(text)} on (significant at {_span(text)})" if held else
+    where = (f"the vision tokens carry it at {span(vision)}, the question / last positions from layer "
+             f"{min(text)} on (significant at {span(text)})" if held else
              "no layer where the vision tokens carry it significantly more, followed by one where the text "
              "positions do")
     return (f"Where does the spatial answer live? Patching the clean run's residual stream into the mirrored run "
@@ -191,22 +188,10 @@ def finding(d) -> str:
             f"vision per layer: {cells} — {verdict(held)}.{attr}")
 
 
-def _span(layers) -> str:
-    """'layer 3' or 'layers 3–7' (`layers`: sorted ints, consecutive or not: the first and last are named)."""
-    return f"layers {layers[0]}–{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}"
 
 
-def verdict(held) -> str:
-    """The REPORT's verdict words (shared by the information-flow analyses)."""
-    return {True: "**held**", False: "**did not hold**", None: "**inconclusive**"}[held]
 
 
-def bands(values, seed: int = 0):
-    """Mean and 95% bootstrap band per column of values [N, X]: (mean, lo, hi), each [X]."""
-    import interp.plot as ip
-
-    v = np.asarray(values, dtype=np.float64)
-    return tuple(np.array(x) for x in zip(*[ip.bootstrap_band(v[:, j], seed=seed) for j in range(v.shape[1])]))
 
 
 def diverging(ax, values, *, vlim=None, cmap="RdBu_r", **kw):
@@ -222,14 +207,14 @@ def plot(data, out_dir=None) -> list:
 
     import interp.plot as ip
 
-    data, here = common.read_json(data)
+    data, here = record.read_json(data)
     out_dir = out_dir or here
     ip.style()
     L = len(data["layers"])
     warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (no usable pair) stay blank
-    g = np.nanmean(common.arr(data["group_rows"]), 0) if data["n"] else np.full((L, 3), np.nan)  # [L, G]
-    tk = np.nanmean(common.arr(data["token_rows"]), 0)  # [L, P]
-    hd = np.nanmean(common.arr(data["head_rows"]), 0)  # [L, H]
+    g = np.nanmean(record.arr(data["group_rows"]), 0) if data["n"] else np.full((L, 3), np.nan)  # [L, G]
+    tk = np.nanmean(record.arr(data["token_rows"]), 0)  # [L, P]
+    hd = np.nanmean(record.arr(data["head_rows"]), 0)  # [L, H]
     ex = data["examples"]
     # the image maps at the two layers where the vision tokens carry the most (the group map's first column)
     show = sorted(np.argsort(-np.nan_to_num(g[:, 0], nan=-1))[:2].tolist())
@@ -252,7 +237,7 @@ def plot(data, out_dir=None) -> list:
     left.colorbar(im, ax=[axg, axh], shrink=0.85, aspect=25, location="bottom",
                   label="normalised effect (1 = clean answer restored)")
     nr, nc = data["blocks"]
-    maps = [common.arr(e["map"]) for e in ex]  # [L, nb] each
+    maps = [record.arr(e["map"]) for e in ex]  # [L, nb] each
     lim = max([float(np.nanmax(np.abs(m[show]))) for m in maps if np.isfinite(m[show]).any()] + [1e-3])
     axi = np.atleast_2d(right.subplots(max(1, len(ex)), len(show), squeeze=False))
     for i, (e, m) in enumerate(zip(ex, maps)):
@@ -312,9 +297,10 @@ def _overlay(ax, e, heat, lim):
     return mpl.cm.ScalarMappable(norm=norm, cmap="RdBu_r")
 
 
-def main(argv=None) -> dict:
-    return common.run(NAME, __doc__, compute, plot, argv, limit=8, batch_size=8)
-
+ANALYSIS = Analysis(NAME, __doc__, title="Activation patching on mirror pairs", measure=measure, plot=plot,
+                    finding=finding, limit=8, batch_size=8, main_limit=12, notebook_limit=2,
+                    claim="the spatial answer moves from the vision tokens to the text positions with depth")
+compute, run, main = ANALYSIS.compute, ANALYSIS.run, ANALYSIS.main
 
 if __name__ == "__main__":
     main()

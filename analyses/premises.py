@@ -34,7 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from analyses import common
+from analyses import batching, record
+from analyses.premises_figure import plot
+from analyses.registry import Analysis, Option
+from interp.stats import bootstrap_mean
 
 NAME = "premises"
 KEYS = ("seeing", "token_dynamics", "attenuation_share", "attenuation_entropy", "headroom")
@@ -99,7 +102,7 @@ def depth_layers(L: int) -> tuple[list, list]:
     return list(range(1, 1 + third)), list(range(L - third, L))
 
 
-def compute(vlm, samples, args) -> dict:
+def measure(vlm, samples, cfg, *, headroom_from=None) -> dict:
     """Per-sample numbers ([N] or [N, L]), the premises' verdicts, the headroom read from the other analyses."""
     import torch
 
@@ -107,16 +110,16 @@ def compute(vlm, samples, args) -> dict:
     from interp.methods.aif_math import token_stats
 
     cols, correct, preds = {}, [], []
-    for chunk in common.batches(samples, args.batch_size, progress=not args.no_progress, desc=NAME):
-        batch = common.prepare(vlm, chunk)
+    for chunk in batching.batches(samples, cfg.batch_size, progress=cfg.progress, desc=NAME):
+        batch = batching.prepare(vlm, chunk)
         lay = batch.layout
         caps = (Capture(queries="last", name="answer"), Capture(queries="question", name="question"))
-        texts, scores, out = common.generate_scores(vlm, batch, chunk, caps, max_new_tokens=args.max_new_tokens,
-                                                    metric=args.metric)
+        texts, scores, out = batching.generate_scores(vlm, batch, chunk, caps, max_new_tokens=cfg.max_new_tokens,
+                                                    metric=cfg.metric)
         ans, que = out.diagnostics["answer"], out.diagnostics["question"]
         d = que.vision_max.permute(1, 0, 2).double()  # [B, L, Nv] AIF's token dynamics
         valid = lay.vision_valid() & torch.isfinite(d).all(1)
-        ev = (common.vision_index(lay, lay.boxes_to_mask([list(s.boxes) for s in chunk])) & valid).numpy()
+        ev = (batching.evidence(lay, chunk) & valid).numpy()
         valid = valid.numpy()
         bg = valid & ~ev & ev.any(1, keepdims=True)  # background exists only where boxes do
         ent = token_stats(d, valid=torch.from_numpy(valid))[1].numpy()  # [B, Nv]
@@ -135,8 +138,9 @@ def compute(vlm, samples, args) -> dict:
     rec.update(n=len(samples), layers=list(range(L)), depth={"early": early, "late": late},
                correct=np.asarray(correct), predictions=preds, families=[s.family for s in samples],
                ids=[s.id for s in samples])
-    rec["premises"] = premise_stats(rec, args.seed)
-    rec["premises"]["headroom"] = headroom(Path(args.headroom_from or args.out), args.seed)
+    rec["premises"] = premise_stats(rec, cfg.seed)
+    folder = headroom_from or cfg.out
+    rec["premises"]["headroom"] = headroom(Path(folder) if folder else None, cfg.seed)
     rec["paragraph"] = paragraph(rec)
     rec["table"] = table(rec)
     return rec
@@ -146,14 +150,10 @@ def compute(vlm, samples, args) -> dict:
 
 
 def band(x, seed: int) -> dict:
-    """{"mean", "ci", "n"} of the finite values of x: mean and 95% bootstrap interval."""
-    from interp.stats import bootstrap_ci
-
+    """{"mean", "ci", "n"} of the finite values of x: mean and 95% bootstrap interval (`interp.stats`)."""
     x = np.asarray(x, dtype=np.float64).ravel()
-    x = x[np.isfinite(x)]
-    if not x.size:
-        return {"mean": np.nan, "ci": [np.nan, np.nan], "n": 0}
-    return {"mean": float(x.mean()), "ci": list(bootstrap_ci(x, seed=seed)), "n": int(x.size)}
+    m, lo, hi = bootstrap_mean(x, seed=seed)
+    return {"mean": m, "ci": [lo, hi], "n": int(np.isfinite(x).sum())}
 
 
 def verdict(b: dict, ref: float, want: int) -> str:
@@ -229,14 +229,17 @@ def _span(layers) -> str:
     return "–" if not layers else f"{layers[0]}–{layers[-1]}" if len(layers) > 1 else str(layers[0])
 
 
-def headroom(folder: Path, seed: int) -> dict:
-    """Oracle ratio / box (oracle_masks.json) and oracle map (vif_ablation.json) in `folder`, as Δ accuracy."""
-    out = {"statistic": "Δ accuracy of the oracle ratio vs the plain model", "reference": 0.0, "source": str(folder)}
-    om = folder / "oracle_masks.json"
+def headroom(folder: Path | None, seed: int) -> dict:
+    """Oracle ratio / box (oracle_masks.json) and oracle map (vif_ablation.json) in `folder`, as Δ accuracy
+    (None: no folder to read, every row "not measured")."""
+    out = {"statistic": "Δ accuracy of the oracle ratio vs the plain model", "reference": 0.0,
+           "source": None if folder is None else str(folder)}
+    where = "(no folder given: pass out= or headroom_from=)" if folder is None else f"in {folder}"
     for m in ("oracle_ratio", "oracle_box"):
-        out[m] = {"verdict": NOT_MEASURED, "why": f"no oracle_masks.json in {folder} (run python -m "
-                                                  f"analyses.oracle_masks --out {folder})"}
-    if om.exists():
+        out[m] = {"verdict": NOT_MEASURED, "why": f"no oracle_masks.json {where} (run python -m "
+                                                  f"analyses.oracle_masks --out {folder or 'DIR'})"}
+    if folder is not None and (folder / "oracle_masks.json").exists():
+        om = folder / "oracle_masks.json"
         d = json.loads(om.read_text())
         base, fam = np.asarray(d["scores"]["baseline"], float), d["families"]
         for m in ("oracle_ratio", "oracle_box"):
@@ -245,9 +248,9 @@ def headroom(folder: Path, seed: int) -> dict:
             by = _premise(np.asarray(d["scores"][m], float) - base, fam, seed, 0.0, +1)["by_family"]
             out[m] = {**b, "verdict": verdict(b, 0.0, +1), "p_value": p["p_value"], "versus": "plain model",
                       "by_family": by, "file": "oracle_masks.json"}
-    out["oracle_map"] = {"verdict": NOT_MEASURED, "why": f"no vif_ablation.json in {folder}"}
-    va = folder / "vif_ablation.json"
-    if va.exists():
+    out["oracle_map"] = {"verdict": NOT_MEASURED, "why": f"no vif_ablation.json {where}"}
+    if folder is not None and (folder / "vif_ablation.json").exists():
+        va = folder / "vif_ablation.json"
         d = json.loads(va.read_text())
         found = [(k, m, p) for k, v in d.items() if k.startswith("paired") and isinstance(v, dict)
                  for m, p in v.items() if "oracle" in m and "map" in m and isinstance(p, dict) and "ci" in p]
@@ -267,7 +270,7 @@ def headroom(folder: Path, seed: int) -> dict:
 # ------------------------------------------------------------------------------------ text
 
 
-def _ci(b, digits=3, sign=None) -> str:
+def ci_text(b, digits=3, sign=None) -> str:
     """'m [lo, hi]'; signed (a difference) unless the band's reference is not 0 (an AUC) or sign=False."""
     sign = b.get("reference", 0.0) == 0.0 if sign is None else sign
     f = f"{{:{'+' if sign else ''}.{digits}f}}"
@@ -282,42 +285,49 @@ def _state(*verdicts) -> str:
     return "does not hold" if any(v == FAILS for v in verdicts) else "is not established"
 
 
-def paragraph(d) -> str:
-    """REPORT's opening: what this model can and cannot show, computed from the premises' verdicts."""
+def lead(d) -> str:
+    """One bold sentence: whether AIF's and VIF's premises hold on this model, and the oracle ratio's headroom."""
     P = d["premises"]
     s, t, a, e, h = (P[k] for k in KEYS)
     boxes = s["verdict"] != NO_BOXES
     aif = f"AIF's premise {_state(s['verdict'], t['verdict'])} here" if boxes else "AIF's premise cannot be checked"
     r = h["oracle_ratio"]
-    lead = (f"**{aif}, VIF's {_state(a['verdict'], e['verdict'])}; " + (
-        f"the headroom of the best AIF ratio per sample is {_ci(r)}.**" if r["verdict"] != NOT_MEASURED
+    return (f"**{aif}, VIF's {_state(a['verdict'], e['verdict'])}; " + (
+        f"the headroom of the best AIF ratio per sample is {ci_text(r)}.**" if r["verdict"] != NOT_MEASURED
         else "the headroom is not measured.**"))
+
+
+def paragraph(d) -> str:
+    """What this model can and cannot show, computed from the premises' verdicts; opens with `lead`."""
+    P = d["premises"]
+    s, t, a, e, h = (P[k] for k in KEYS)
+    boxes = s["verdict"] != NO_BOXES
     if not boxes:
         aif = "No sample has evidence boxes, so AIF's premises cannot be checked."
     else:
         seen = (f"When the model answers wrongly, {s['wrong_share']['mean']:.2f} of its answer-position attention over "
-                f"vision lies in the evidence boxes (area share {s['area_share']['mean']:.2f}; lift {_ci(s)}, "
+                f"vision lies in the evidence boxes (area share {s['area_share']['mean']:.2f}; lift {ci_text(s)}, "
                 f"{s['verdict']}" + (f"; right answers {s['right_share']['mean']:.2f}, wrong − right "
-                                     f"{_ci(s['wrong_minus_right'])})" if s["right_share"]["n"] else "; none right)")
+                                     f"{ci_text(s['wrong_minus_right'])})" if s["right_share"]["n"] else "; none right)")
                 if s["wrong_share"]["n"] else "The model answers no sample wrongly, so 'seeing but not perceiving' "
                                               "cannot be tested")
         aif = (f"{seen}, and evidence tokens rank below background tokens in cross-layer entropy with probability "
-               f"{_ci(t)} (0.5 = no signal; {t['verdict']}).")
+               f"{ci_text(t)} (0.5 = no signal; {t['verdict']}).")
     ea, la = d["depth"]["early"], d["depth"]["late"]
     vif = (f"From layers {_span(ea)} to {_span(la)} the answer position's share of attention on vision changes by "
-           f"{_ci(a)} ({a['verdict']}) and its entropy over vision by {_ci(e)} nats ({e['verdict']}).")
+           f"{ci_text(a)} ({a['verdict']}) and its entropy over vision by {ci_text(e)} nats ({e['verdict']}).")
     om = [h[m] for m in ("oracle_ratio", "oracle_box")]
     head = ("The oracle ratio and oracle box mask are not measured (no oracle_masks.json)."
             if om[0]["verdict"] == NOT_MEASURED else
             f"Against the plain model ({om[0]['n']} samples), the oracle ratio (AIF's best ratio per sample, answer "
-            f"known: a bound on any ratio rule) gains {_ci(om[0])}, the oracle box mask {_ci(om[1])}.")
+            f"known: a bound on any ratio rule) gains {ci_text(om[0])}, the oracle box mask {ci_text(om[1])}.")
     x = h["oracle_map"]
     head += (" The oracle map (VIF): not measured." if x["verdict"] == NOT_MEASURED else
-             f" The oracle map (VIF) vs {x['versus']}: {_ci(x)} ({x['n']} samples).")
+             f" The oracle map (VIF) vs {x['versus']}: {ci_text(x)} ({x['n']} samples).")
     unshown = [PHRASE[k] for k in KEYS if P[k]["verdict"] in (FAILS, UNSURE)]
     end = (f"This model does not show {'; '.join(unshown)}: a method built to exploit or repair that cannot be "
            "tested on it." if unshown else "")
-    return " ".join(x for x in (lead, aif, vif, head, end) if x)
+    return " ".join(x for x in (lead(d), aif, vif, head, end) if x)
 
 
 def refer(d, section: str) -> str:
@@ -326,9 +336,8 @@ def refer(d, section: str) -> str:
     if not keys:
         return ""
     P = d["premises"]
-    parts = [f"{SHORT[k]} {P[k]['verdict']}" + (f" ({_ci(P[k])})" if P[k].get("n") else "") for k in keys]
-    return ("Premises ([What this model can and cannot show](#what-this-model-can-and-cannot-show)): "
-            + "; ".join(parts) + ".")
+    parts = [f"{SHORT[k]} {P[k]['verdict']}" + (f" ({ci_text(P[k])})" if P[k].get("n") else "") for k in keys]
+    return ("Premises ([the papers' premises, measured](#the-papers-premises-measured)): " + "; ".join(parts) + ".")
 
 
 def table(d) -> str:
@@ -340,7 +349,7 @@ def table(d) -> str:
              "|---|---|---|---|" + "---:|" * len(fams)]
     for k in KEYS:
         p = P[k]
-        val = _ci(p) if p.get("n") else "–"
+        val = ci_text(p) if p.get("n") else "–"
         fmt = "{:+.2f}" if p.get("reference", 0.0) == 0.0 else "{:.2f}"
         cells = [f"{fmt.format(v['mean'])} {MARK.get(v['verdict'], '?')}" if v["n"] else "–"
                  for v in (p.get("by_family", {}).get(f, {"n": 0}) for f in fams)]
@@ -352,130 +361,22 @@ def table(d) -> str:
             ("entropy over vision (nats)", P["attenuation_entropy"]["per_layer"])]
     lines += ["", "| per layer (answer position) | " + " | ".join(map(str, L)) + " |", "|---|" + "---:|" * len(L)]
     for name, r in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{m:.2f}" if np.isfinite(m) else "–" for m in common.arr(r["mean"]))
+        lines.append(f"| {name} | " + " | ".join(f"{m:.2f}" if np.isfinite(m) else "–" for m in record.arr(r["mean"]))
                      + " |")
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------ figure
+def finding(d) -> str:
+    """REPORT's premises section: the computed paragraph, then how to read the table."""
+    return (paragraph(d) + " Each premise's verdict with its 95% interval (✓ holds, ✗ does not hold, ? inconclusive), "
+            "per family and per layer, is in the table below; the statistics are defined in `analyses/premises.py`.")
 
 
-def plot(data, out_dir=None) -> list:
-    """Redraw OUT/premises.{png,pdf} from the JSON (path or dict) alone."""
-    import matplotlib.pyplot as plt
-
-    import interp.plot as ip
-
-    data, here = common.read_json(data)
-    out_dir = out_dir or here
-    ip.style()
-    P, layers = data["premises"], data["layers"]
-    fig, axes = ip.figure(3, 2, width="full", aspect=0.86)
-    ax = [axes[0, 0], axes[0, 1], axes[1, 0], axes[1, 1], axes[0, 2], axes[1, 2]]  # AIF, VIF; headroom, card
-
-    def title(a, tag, key, what):
-        v = P[key]["verdict"]
-        a.set_title(f"({tag}) {what}\n{v}" + (f" · {_ci(P[key], 2)}" if P[key].get("n") else ""),
-                    color=VCOLOR.get(v, "k"), fontsize=7.5)
-
-    def curve(a, r, label, color, marker="o"):
-        if any(n > 0 for n in r["n"]):
-            ip.layer_curve(a, layers, mean=common.arr(r["mean"]), lo=common.arr(r["lo"]), hi=common.arr(r["hi"]),
-                           label=label, color=color, marker=marker)
-
-    def empty(a, text):
-        a.text(0.5, 0.5, text, ha="center", va="center", transform=a.transAxes, color="#777777")
-
-    s = P["seeing"]
-    if s["verdict"] == NO_BOXES:
-        empty(ax[0], "no boxes in the data")
-    else:
-        curve(ax[0], s["per_layer"]["wrong"], f"wrong answers (n = {s['wrong_share']['n']})", ip.COLORS["highest"])
-        curve(ax[0], s["per_layer"]["right"], f"right answers (n = {s['right_share']['n']})", ip.COLORS["answer"], "s")
-        ax[0].axhline(s["area_share"]["mean"], color="#777777", ls="--", lw=0.8,
-                      label=f"area share ({s['area_share']['mean']:.2f})")
-        top = np.nanmax(common.arr([s["per_layer"][g]["hi"] for g in ("wrong", "right")]))
-        ax[0].set_ylim(0, min(1.0, 1.9 * top) if np.isfinite(top) else 1.0)
-        ax[0].legend(loc="upper center", fontsize=5.5, handlelength=1.5)
-    ax[0].set_ylabel("evidence share of the\nattention over vision (0–1)")
-    title(ax[0], "a", "seeing", "AIF: seeing, not perceiving")
-
-    t = P["token_dynamics"]
-    if t["verdict"] == NO_BOXES:
-        empty(ax[1], "no boxes in the data")
-    else:
-        fams = [f for f in t["by_family"]] if len(t["by_family"]) > 1 else []
-        bs = [t["by_family"][f] for f in fams] + [t]
-        auc = tuple(common.arr(v) for v in zip(*[(b["mean"], *b["ci"]) for b in bs]))  # (mean, lo, hi) [G]
-        ip.bars(ax[1], [f.replace("_", " ") for f in fams] + ["all"], {"AUC": auc},
-                colors={"AUC": ip.COLORS["low_entropy"]}, ylim=(0, 1.05))
-        ax[1].axhline(0.5, color="#777777", ls="--", lw=0.8)
-        ax[1].tick_params(axis="x", labelsize=5.5, labelrotation=35)
-        plt.setp(ax[1].get_xticklabels(), ha="right", rotation_mode="anchor")
-        ax[1].set_xlabel("question family")
-    ax[1].set_ylabel("P(entropy of evidence <\nof background; 0.5 = chance)")
-    title(ax[1], "b", "token_dynamics", "AIF: evidence tokens low-entropy")
-
-    early, late = data["depth"]["early"], data["depth"]["late"]
-    for a, key, what, ylabel in ((ax[2], "attenuation_share", "VIF: vision share falls",
-                                  "attention on vision\n(share of the row, 0–1)"),
-                                 (ax[3], "attenuation_entropy", "VIF: vision entropy rises",
-                                  "entropy over vision\ntokens (nats)")):
-        curve(a, P[key]["per_layer"], "answer position, mean", ip.COLORS["answer"])
-        for ls, lab in ((early, "early"), (late, "late")):
-            if ls:
-                a.axvspan(ls[0] - 0.4, ls[-1] + 0.4, color="#dddddd", alpha=0.5, lw=0)
-                a.text((ls[0] + ls[-1]) / 2, 0.98, lab, transform=a.get_xaxis_transform(), ha="center", va="top",
-                       fontsize=6)
-        a.set_xlabel("decoder layer")
-        a.set_ylabel(ylabel)
-        ip.integer_ticks(a, layers)
-        title(a, "d" if a is ax[2] else "e", key, what)
-    ax[0].set_xlabel("decoder layer")
-    ip.integer_ticks(ax[0], layers)
-    nv = float(np.nanmedian(common.arr(data["num_vision"])))
-    ax[3].axhline(np.log(nv), color="#777777", ls="--", lw=0.8, label=f"uniform (log {nv:.0f})")
-    ax[2].set_ylim(0, 1.02)
-    ax[3].set_ylim(0, 1.18 * max(np.log(nv), np.nanmax(common.arr(P["attenuation_entropy"]["per_layer"]["hi"]))))
-    ax[3].legend(loc="lower right", fontsize=5.5)
-
-    h = P["headroom"]
-    names = [("oracle_ratio", "oracle\nratio"), ("oracle_box", "oracle\nbox mask"), ("oracle_map", "oracle\nmap")]
-    for i, (m, lab) in enumerate(names):
-        x = h[m]
-        if x["verdict"] == NOT_MEASURED:
-            ax[4].text(i, 0, "not\nmeasured", ha="center", va="bottom", fontsize=6, color="#777777")
-            continue
-        ax[4].bar(i, x["mean"], 0.6, color=ip.COLORS.get(m, ip.COLORS["vif"]))
-        ax[4].errorbar(i, x["mean"], yerr=[[x["mean"] - x["ci"][0]], [x["ci"][1] - x["mean"]]], fmt="none",
-                       ecolor="#222222", elinewidth=0.6, capsize=1.5)
-    ax[4].axhline(0, color="#222222", lw=0.6)
-    ax[4].set_xticks(range(len(names)))
-    ax[4].set_xticklabels([n for _, n in names])
-    ax[4].grid(axis="x", visible=False)
-    ax[4].set_ylabel("Δ accuracy vs plain model\n(oracle map: vs its control)")
-    title(ax[4], "c", "headroom", "headroom: what an oracle gains")
-
-    ax[5].axis("off")
-    for i, k in enumerate(KEYS):
-        v = P[k]["verdict"]
-        ax[5].text(0.0, 0.97 - 0.2 * i, f"{MARK.get(v, '?')}  {SHORT[k]}", transform=ax[5].transAxes,
-                   fontsize=7, color=VCOLOR.get(v, "k"), va="top")
-        ax[5].text(0.07, 0.885 - 0.2 * i, v + (f" · {_ci(P[k])}" if P[k].get("n") else ""),
-                   transform=ax[5].transAxes, fontsize=6, color="#444444", va="top")
-    ax[5].set_title("(f) verdicts, 95% bootstrap intervals", fontsize=7.5, loc="left")
-    fig.suptitle(f"The papers' premises, measured — {data['model_label']}, n = {data['n']}")
-    return ip.save(fig, out_dir, NAME)
-
-
-def _add_args(p) -> None:
-    p.add_argument("--headroom-from", default=None,
-                   help="folder holding oracle_masks.json / vif_ablation.json (default: --out)")
-
-
-def main(argv=None) -> dict:
-    return common.run(NAME, __doc__, compute, plot, argv, limit=600, batch_size=100, add_args=_add_args)
-
+ANALYSIS = Analysis(NAME, __doc__, title="The papers' premises, measured", measure=measure, plot=plot,
+                    finding=finding, limit=600, batch_size=100, main_limit=1200, notebook_limit=24,
+                    options=(Option("headroom_from", None, "folder holding oracle_masks.json / vif_ablation.json "
+                                    "(default: --out)"),))
+compute, run, main = ANALYSIS.compute, ANALYSIS.run, ANALYSIS.main
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from analyses import common
+from analyses import batching, loading, record, tables
+from analyses.registry import Analysis, Option
+from interp.stats import mean_ci
 
 NAME = "vif_ablation"
 ORDER = ("base", "finetune", "vif_frozen", "vif_joint", "vif_joint_ref", "uniform_map", "oracle_map")
@@ -40,20 +42,20 @@ SHORT = {"vif_frozen": "VIF\nfrozen", "vif_joint": "VIF\njoint", "vif_joint_ref"
 THIN = 10  # steps between the KL-trajectory points kept in the JSON
 
 
-def _variants(vlm, args):
+def _variants(vlm, cfg, variants, train_steps):
     """{variant: (vlm, intervention, card, log)}: the shipped checkpoints, or in-process smoke runs."""
     import interp
 
-    root = Path(args.variants) if args.variants else (SHIPPED if args.model == "toy" else None)
+    root = Path(variants) if variants else (SHIPPED if cfg.model == "toy" else None)
     kw = {}
-    if args.dtype is not None:
+    if cfg.dtype is not None:
         import torch
 
-        kw["dtype"] = getattr(torch, args.dtype)
-    if args.device is not None:
-        kw["device"] = args.device
+        kw["dtype"] = getattr(torch, cfg.dtype)
+    if cfg.device is not None:
+        kw["device"] = cfg.device
     if root is None:
-        root = _train_smoke(args)
+        root = _train_smoke(cfg, train_steps)
     out = {"base": (vlm, None, {"what": LABELS["base"]}, None)}
     for v in ORDER[1:]:
         d = root / v
@@ -61,91 +63,87 @@ def _variants(vlm, args):
             raise FileNotFoundError(f"{d} is missing: train the variants with python -m analyses.vif_ablation_train")
         if not (d / "base.json").exists():
             vv, iv = vlm, interp.VIF.load(d, vlm)
-        elif args.model == "toy":
+        elif cfg.model == "toy":
             vv, iv = interp.vif.load_joint(d, **kw)
         else:
-            vv, iv = _apply(d, args)
+            vv, iv = _apply(d, cfg)
         card = json.loads((d / "card.json").read_text()) if (d / "card.json").exists() else {}
         log = json.loads((d / "log.json").read_text()) if (d / "log.json").exists() else None
         out[v] = (vv, iv, card, log)
     return out, str(root)
 
 
-def _fresh(args):
+def _fresh(cfg):
     import interp
 
-    if args.model.startswith("zoo:"):
-        return interp.zoo.tiny(args.model[4:], seed=args.seed)
-    return interp.toy.load() if args.model == "toy" else interp.load(args.model)
+    if cfg.model.startswith("zoo:"):
+        return interp.zoo.tiny(cfg.model[4:], seed=cfg.seed)
+    return interp.toy.load() if cfg.model == "toy" else interp.load(cfg.model)
 
 
-def _apply(d, args):
+def _apply(d, cfg):
     """A joint checkpoint on a fresh copy of a non-toy model (load_joint needs a saved source)."""
     import interp
     from interp.vif.joint import read_base
 
-    vlm = interp.vif.apply_base(d, _fresh(args))
+    vlm = interp.vif.apply_base(d, _fresh(cfg))
     if (d / "vif.json").exists():
         return vlm, interp.VIF.load(d, vlm)
     info = read_base(d)
     return vlm, (interp.vif.FixedMap(**info["inject"]) if info.get("inject") else None)
 
 
-def _train_smoke(args) -> Path:
-    """Each variant trained in-process for args.train_steps steps on toy scenes (no shipped variants)."""
+def _train_smoke(cfg, steps: int) -> Path:
+    """Each variant trained in-process for `steps` steps on toy scenes (no shipped variants), under OUT (or a
+    temporary folder)."""
+    import tempfile
+
     import interp
     from analyses.vif_ablation_train import compact_log
     from interp.vif.trainer import toy_stream
 
-    root = Path(args.out) / "vif_ablation_runs"
+    root = Path(cfg.out or tempfile.mkdtemp(prefix="vif_ablation_")) / "vif_ablation_runs"
     specs = {"finetune": ("joint", "none", "paper"), "vif_frozen": ("frozen", "cvae", "paper"),
              "vif_joint": ("joint", "cvae", "paper"), "vif_joint_ref": ("joint", "cvae", "reference"),
              "uniform_map": ("joint", "uniform", "paper"), "oracle_map": ("joint", "oracle", "paper")}
     for v, (base, focus, norm) in specs.items():
-        vlm = _fresh(args)
-        vif = (interp.VIF.build(vlm, seed=args.seed, normalize=norm, width=32, latent=8, n_queries=4,
+        vlm = _fresh(cfg)
+        vif = (interp.VIF.build(vlm, seed=cfg.seed, normalize=norm, width=32, latent=8, n_queries=4,
                                 n_components=4) if focus == "cvae" else None)
-        cfg = interp.vif.TrainConfig(steps=args.train_steps, batch_size=2, warmup=1, save_every=0, base=base,
-                                     focus=focus, seed=args.seed)
-        interp.vif.train(vlm, toy_stream(args.seed), cfg, out=root / v, vif=vif, progress=False)
+        train = interp.vif.TrainConfig(steps=steps, batch_size=2, warmup=1, save_every=0, base=base, focus=focus,
+                                       seed=cfg.seed)
+        interp.vif.train(vlm, toy_stream(cfg.seed), train, out=root / v, vif=vif, progress=False)
         (root / v / "log.json").write_text(json.dumps(compact_log(root / v)))
-        (root / v / "card.json").write_text(json.dumps({"what": LABELS[v], "steps": args.train_steps,
-                                                        "command": f"in-process smoke run ({args.model})"}))
+        (root / v / "card.json").write_text(json.dumps({"what": LABELS[v], "steps": steps,
+                                                        "command": f"in-process smoke run ({cfg.model})"}))
     return root
 
 
 def _band(x) -> dict:
-    """mean and 95% t-interval of a 1-D sample (NaN ignored)."""
-    from scipy import stats
-
-    x = np.asarray(x, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return {"mean": None, "ci": [None, None]}
-    m = float(x.mean())
-    h = float(stats.sem(x) * stats.t.ppf(0.975, len(x) - 1)) if len(x) > 1 and x.std() > 0 else 0.0
-    return {"mean": m, "ci": [m - h, m + h]}
+    """mean and 95% t-interval of a 1-D sample (NaN left out; none finite: NaN, written null)."""
+    m, lo, hi = mean_ci(x)
+    return {"mean": m, "ci": [lo, hi]}
 
 
-def compute(vlm, samples, args) -> dict:
+def measure(vlm, samples, cfg, *, variants=None, train_steps=2) -> dict:
     import interp
     from interp.vif.diagnostics import evidence_mask, map_stats
     from interp.vif.trainer import _with_samples
 
-    samples = common.with_boxes(samples, NAME)
-    runs, root = _variants(vlm, args)
+    samples = loading.with_boxes(samples, NAME)
+    runs, root = _variants(vlm, cfg, variants, train_steps)
     repo = str(SHIPPED.parent.parent.parent) + os.sep
     root = root[len(repo):] if root.startswith(repo) else root
     scores = {v: [] for v in ORDER}
     mass, area, ent = ({v: [] for v in ORDER} for _ in range(3))
     attn = {v: [] for v in ORDER}  # [B, L] entropy of the answer position's attention over vision
-    gk = dict(max_new_tokens=args.max_new_tokens, metric=args.metric)
-    for chunk in common.batches(samples, args.batch_size, progress=not args.no_progress, desc=NAME):
-        batch = common.prepare(vlm, chunk)  # one processor: the same batch serves every variant
+    gk = dict(max_new_tokens=cfg.max_new_tokens, metric=cfg.metric)
+    for chunk in batching.batches(samples, cfg.batch_size, progress=cfg.progress, desc=NAME):
+        batch = batching.prepare(vlm, chunk)  # one processor: the same batch serves every variant
         ev, has = evidence_mask(batch.layout, chunk)
         for v, (vv, iv, _, _) in runs.items():
             ivs = _with_samples(iv, chunk)
-            _, sc, out = common.generate_scores(vv, batch, chunk, ivs, **gk)
+            _, sc, out = batching.generate_scores(vv, batch, chunk, ivs, **gk)
             scores[v] += sc
             st = interp.capture(vv, batch, queries="last", interventions=ivs)
             attn[v].append(st.vision_entropy.float().T.numpy())  # [B, L]
@@ -154,8 +152,8 @@ def compute(vlm, samples, args) -> dict:
                 mass[v] += r["map_mass"].tolist()
                 area[v] += r["box_area"].tolist()
                 ent[v] += r["map_entropy"].tolist()
-    summary, paired = common.summarize_methods(samples, scores, ORDER, args.seed, baseline=CONTROL)
-    _, vs_base = common.summarize_methods(samples, scores, ORDER, args.seed, baseline="base")
+    summary, paired = tables.summarize_methods(samples, scores, ORDER, cfg.seed, baseline=CONTROL)
+    _, vs_base = tables.summarize_methods(samples, scores, ORDER, cfg.seed, baseline="base")
     maps_out = {}
     for v in ORDER:
         if mass[v]:
@@ -286,7 +284,7 @@ def plot(data, out_dir=None) -> list:
 
     import interp.plot as ip
 
-    data, here = common.read_json(data)
+    data, here = record.read_json(data)
     out_dir = out_dir or here
     ip.style()
     fig, axes = plt.subplots(2, 3, figsize=(ip.FULL, 5.2), gridspec_kw={"hspace": 0.62, "wspace": 0.62,
@@ -339,11 +337,11 @@ def plot(data, out_dir=None) -> list:
     areas = []
     for v, log in data["logs"].items():
         if "kl" in log:
-            kl = np.asarray(common.arr(log["kl"]), float)
+            kl = np.asarray(record.arr(log["kl"]), float)
             a_kl.plot(log["step"], np.maximum(kl, 1e-6), color=COLORS[v], lw=0.9, label=data["labels"][v])
         if "map_mass" in log and v != "oracle_map":  # the oracle's mass is 1 by construction
-            a_mass.plot(log["step"], common.arr(log["map_mass"]), color=COLORS[v], lw=0.8, label=data["labels"][v])
-            areas += list(common.arr(log.get("box_area", [])))
+            a_mass.plot(log["step"], record.arr(log["map_mass"]), color=COLORS[v], lw=0.8, label=data["labels"][v])
+            areas += list(record.arr(log.get("box_area", [])))
     if areas:  # the training batches' box share (what a uniform map puts in the boxes)
         a_mass.axhline(float(np.nanmean(areas)), color="#000000", ls="--", lw=0.7, label="area share")
     a_kl.set_yscale("log")
@@ -356,7 +354,7 @@ def plot(data, out_dir=None) -> list:
     a_mass.set_title("(e) posterior map on the evidence", fontsize=7)
     a_mass.legend(handles=a_mass.get_lines()[-1:], fontsize=5.2, frameon=False, loc="upper right")
     for v in ("base", "finetune", "vif_joint", "oracle_map"):
-        per = np.asarray(common.arr(data["attention"][v]["per_layer"]), float)
+        per = np.asarray(record.arr(data["attention"][v]["per_layer"]), float)
         a_att.plot(np.arange(len(per)), per, marker="o", ms=2.2, lw=0.9, color=COLORS[v], label=data["labels"][v])
     a_att.axhline(data["uniform_entropy"], color="#555555", ls="--", lw=0.7, label="uniform")
     a_att.set_xlabel("layer")
@@ -376,15 +374,15 @@ def plot(data, out_dir=None) -> list:
     return ip.save(fig, out_dir, NAME)
 
 
-def add_args(p):
-    p.add_argument("--variants", default=None, help="folder of trained variants (default for --model toy: "
-                   "interp/vif/checkpoints/ablation; otherwise each is trained in-process for --train-steps steps)")
-    p.add_argument("--train-steps", type=int, default=2, help="in-process smoke training steps (no shipped variants)")
-
-
-def main(argv=None) -> dict:
-    return common.run(NAME, __doc__, compute, plot, argv, limit=400, batch_size=100, add_args=add_args)
-
+ANALYSIS = Analysis(NAME, __doc__, title="VIF ablation: the focus map vs the extra fine-tuning", measure=measure,
+                    plot=plot, finding=finding, limit=400, batch_size=100, main_limit=400, notebook_limit=12,
+                    claim="VIF's map adds accuracy beyond fine-tuning (joint · joint ref. · frozen); its map "
+                          "favours the evidence (the same three)",
+                    options=(Option("variants", None, "folder of trained variants (default for --model toy: "
+                                    "interp/vif/checkpoints/ablation; otherwise each is trained in-process for "
+                                    "--train-steps steps)"),
+                             Option("train_steps", 2, "in-process smoke training steps (no shipped variants)", int)))
+compute, run, main = ANALYSIS.compute, ANALYSIS.run, ANALYSIS.main
 
 if __name__ == "__main__":
     main()

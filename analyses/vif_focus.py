@@ -18,21 +18,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from analyses import common
+from analyses import batching, loading, record, tables
+from analyses.findings import diff_verdict, paired_text, verdict
+from analyses.method_table import VIF_OPTION, load_vif
+from analyses.registry import Analysis
+from interp.stats import entropy, mean_ci
 
 NAME = "vif_focus"
 SHOW = 4  # samples drawn with their maps
 
 
-def compute(vlm, samples, args) -> dict:
+def measure(vlm, samples, cfg, *, vif=None) -> dict:
     import torch
 
     import interp
     import interp.plot as ip
-    from analyses.method_table import load_vif
 
-    samples = common.with_boxes(samples, NAME)
-    vif, vif_source, vlm = load_vif(vlm, args)  # a joint VIF: everything here runs on its fine-tuned base
+    samples = loading.with_boxes(samples, NAME)
+    vif, vif_source, vlm = load_vif(vlm, cfg, vif)  # a joint VIF: everything here runs on its fine-tuned base
     if vif.normalize != "paper":  # one mixture rendered both ways: "vif" is always the paper's normalisation
         vif_source += f" (trained with {vif.normalize} normalisation)"
         vif = vif.with_(normalize="paper")
@@ -43,11 +46,11 @@ def compute(vlm, samples, args) -> dict:
     map_ent, ref_ent, tv = [], [], []
     scores = {"baseline": [], "vif": [], "vif_reference": []}
     shown, n_vision = [], []
-    gk = dict(max_new_tokens=args.max_new_tokens, metric=args.metric)
-    for chunk in common.batches(samples, args.batch_size, progress=not args.no_progress, desc=NAME):
-        batch = common.prepare(vlm, chunk)
+    gk = dict(max_new_tokens=cfg.max_new_tokens, metric=cfg.metric)
+    for chunk in batching.batches(samples, cfg.batch_size, progress=cfg.progress, desc=NAME):
+        batch = batching.prepare(vlm, chunk)
         lay = batch.layout
-        ev = common.vision_index(lay, lay.boxes_to_mask([list(s.boxes) for s in chunk]))  # [B, Nv]
+        ev = batching.evidence(lay, chunk)  # [B, Nv]
         plain = interp.capture(vlm, batch, queries="question", layers=inject)
         out = interp.intervene(vlm, vif, interp.Capture(queries="question", layers=tuple(inject))).forward(batch)
         with_vif = out.diagnostics["capture"]
@@ -64,55 +67,45 @@ def compute(vlm, samples, args) -> dict:
         for b in range(len(chunk)):
             n = int(lay.num_vision[b])
             p, r = first[b, :n].double(), rfirst[b, :n].double()
-            map_ent.append(float(-(p * p.clamp(min=1e-30).log()).sum()))
-            ref_ent.append(float(-(r * r.clamp(min=1e-30).log()).sum()))
+            map_ent.append(float(entropy(p)))
+            ref_ent.append(float(entropy(r)))
             tv.append(float(0.5 * (p - r).abs().sum()))
         for key, ivs in (("baseline", ()), ("vif", (vif,)), ("vif_reference", (ref,))):
-            scores[key] += common.generate_scores(vlm, batch, chunk, ivs, **gk)[1]
+            scores[key] += batching.generate_scores(vlm, batch, chunk, ivs, **gk)[1]
         for b, s in enumerate(chunk):
             if len(shown) >= SHOW:
                 break
             piece = lay.images[b][0].main
-            pb = piece.boxes
             n = int(lay.num_vision[b])
             shown.append({"id": s.id, "question": s.question, "answer": s.answer, "family": s.family,
                           "image": ip.image_to_b64(s.images[0]), "boxes": [list(x) for x in s.boxes],
-                          "extent": [float(pb[:, 0].min()), float(pb[:, 1].min()), float(pb[:, 2].max()),
-                                     float(pb[:, 3].max())],
+                          "extent": batching.grid_extent(piece),
                           "map": lay.scatter(first[b, :n], row=b)[0][piece.name].numpy(),
                           "map_reference": lay.scatter(rfirst[b, :n], row=b)[0][piece.name].numpy(),
                           "map_in_box": float(first[b, :n][ev[b, :n]].sum())})
     cat = lambda xs: np.concatenate(xs, 0)  # noqa: E731
     be, ae, bb, ab = cat(before_ent), cat(after_ent), cat(before_box), cat(after_box)
-    summary, paired = common.summarize_methods(samples, scores, tuple(scores), args.seed)
+    summary, paired = tables.summarize_methods(samples, scores, tuple(scores), cfg.seed)
 
     def band(x):  # per injection layer: mean and 95% t-interval over samples
-        m, lo, hi = _mean_ci(x)
+        m, lo, hi = mean_ci(x)
         return {"mean": m, "lo": lo, "hi": hi}
+
+    def ci(x):  # [N] → [[mean], [lo], [hi]] (one column, the shape the JSON has always had)
+        return [[v] for v in mean_ci(np.array(x))]
 
     return {"n": len(samples), "pairs": pairs, "inject_layers": inject, "vif_source": vif_source, "vif": repr(vif),
             "entropy_before": band(be), "entropy_after": band(ae), "box_share_before": band(bb),
             "box_share_after": band(ab), "uniform_entropy": float(np.mean(np.log(n_vision))),
-            "map_entropy": {"paper": _mean_ci(np.array(map_ent)[:, None]), "reference": _mean_ci(np.array(ref_ent)[:, None])},
-            "map_tv_distance": _mean_ci(np.array(tv)[:, None]),
+            "map_entropy": {"paper": ci(map_ent), "reference": ci(ref_ent)}, "map_tv_distance": ci(tv),
             "scores": scores, "summary": summary, "paired_vs_baseline": paired,
             "labels": {"baseline": "baseline", "vif": "VIF (paper normalisation)",
                        "vif_reference": "VIF (reference normalisation)"},
-            "table": common.markdown_table(summary, paired, {"baseline": "baseline", "vif": "VIF (paper)",
+            "table": tables.markdown_table(summary, paired, {"baseline": "baseline", "vif": "VIF (paper)",
                                                              "vif_reference": "VIF (reference)"}),
             "samples": shown}
 
 
-def _mean_ci(x):
-    """[N, L] → per-column (mean, lo, hi) lists with a 95% t-interval."""
-    from scipy import stats
-
-    x = np.asarray(x, dtype=np.float64)
-    m = np.nanmean(x, 0)
-    n = np.sum(np.isfinite(x), 0)
-    se = np.nanstd(x, 0, ddof=1) / np.sqrt(np.maximum(n, 1)) if x.shape[0] > 1 else np.zeros_like(m)
-    h = se * stats.t.ppf(0.975, np.maximum(n - 1, 1))
-    return m.tolist(), (m - h).tolist(), (m + h).tolist()
 
 
 def plot(data, out_dir=None) -> list:
@@ -121,7 +114,7 @@ def plot(data, out_dir=None) -> list:
 
     import interp.plot as ip
 
-    data, here = common.read_json(data)
+    data, here = record.read_json(data)
     out_dir = out_dir or here
     ip.style()
     shown = data["samples"]
@@ -169,11 +162,41 @@ def plot(data, out_dir=None) -> list:
     return ip.save(fig, out_dir, NAME)
 
 
-def main(argv=None) -> dict:
-    from analyses.method_table import add_args
+def finding(d) -> str:
+    """REPORT: does the injected map lower deep-layer entropy, raise the in-box share and accuracy?"""
+    b, a = d["entropy_before"], d["entropy_after"]
+    eb, ea = np.mean(b["mean"]), np.mean(a["mean"])
+    sb, sa = np.mean(d["box_share_before"]["mean"]), np.mean(d["box_share_after"]["mean"])
+    acc = d["paired_vs_baseline"]["vif"]
 
-    return common.run(NAME, __doc__, compute, plot, argv, limit=200, batch_size=50, add_args=add_args)
+    def moved(after, before):  # True: up at every layer, False: down at every layer (non-overlapping), else None
+        if all(x > y for x, y in zip(after["lo"], before["hi"])):
+            return True
+        if all(x < y for x, y in zip(after["hi"], before["lo"])):
+            return False
+        return None
 
+    ent_moved = moved(a, b)
+    lower = None if ent_moved is None else not ent_moved
+    higher = moved(d["box_share_after"], d["box_share_before"])
+    me = d["map_entropy"]
+    p = d["paired_vs_baseline"]
+    return (f"VIF (entropy 5.36 → 3.23 on LLaVA-1.5): injecting the focus map sharpens deep-layer attention over "
+            f"vision tokens. Mean entropy at the injection layers {d['inject_layers']}: {eb:.2f} → {ea:.2f} nats "
+            f"({verdict(lower)}; verdicts need non-overlapping intervals at every injection layer); share of vision "
+            f"attention inside the evidence boxes {sb:.3f} → {sa:.3f} ({verdict(higher)}); accuracy "
+            f"{paired_text(p['vif'], 'VIF vs plain')}, {verdict(diff_verdict(acc['ci'][0], acc['ci'][1], True))}. "
+            f"Map entropy, paper normalisation {me['paper'][0][0]:.2f} vs reference (softmax) "
+            f"{me['reference'][0][0]:.2f} nats (uniform {d['uniform_entropy']:.2f}); total-variation distance "
+            f"between the two maps {d['map_tv_distance'][0][0]:.2f}; accuracy with the reference map "
+            f"{paired_text(p['vif_reference'])}. VIF: {d['vif_source']}.")
+
+
+ANALYSIS = Analysis(NAME, __doc__, title="VIF focus maps and deep-layer attention", measure=measure, plot=plot,
+                    finding=finding, limit=200, batch_size=50, main_limit=400, notebook_limit=12,
+                    claim="VIF: the map lowers deep-layer entropy · raises the in-box share · raises accuracy",
+                    options=(VIF_OPTION,))
+compute, run, main = ANALYSIS.compute, ANALYSIS.run, ANALYSIS.main
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,8 @@
     ip.save(fig, "figures", "vision_attention_ratio")       # → .png (300 dpi) and .pdf
 
 Helpers take plain numbers (numpy arrays / lists), never models, so a figure can be redrawn from the JSON
-an analysis saved. Sizes are in inches: `COLUMN` is one column of a two-column paper, `FULL` the page width.
+an analysis saved; they draw only (intervals come from `interp.stats`). Sizes are in inches: `COLUMN` is one
+column of a two-column paper, `FULL` the page width.
 """
 
 from __future__ import annotations
@@ -94,51 +95,17 @@ def save(fig, out_dir, name: str, *, dpi: int = DPI) -> list[Path]:
     return paths
 
 
-# ----------------------------------------------------------------------------------------- numbers → bands
-
-
-def mean_band(values, level: float = 0.95, axis: int = 0):
-    """Mean and a t-interval of the mean along `axis`, ignoring NaN: (mean, lo, hi), each the other axes' shape.
-
-    values: e.g. [N, L] per-sample curves. With one finite value the band collapses onto the mean.
-    """
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    n = np.sum(np.isfinite(x), axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(x, axis=axis)
-            sd = np.nanstd(x, axis=axis, ddof=1) if x.shape[axis] > 1 else np.zeros_like(mean)
-        half = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1))
-    half = np.where(n > 1, half, 0.0)
-    return mean, mean - half, mean + half
-
-
-def bootstrap_band(values, level: float = 0.95, seed: int = 0):
-    """(mean, lo, hi) of a 1-D sample with a seeded percentile bootstrap (accuracies: use this, as evaluate)."""
-    from interp.stats import bootstrap_ci
-
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return math.nan, math.nan, math.nan
-    lo, hi = bootstrap_ci(x, level=level, seed=seed)
-    return float(x.mean()), lo, hi
-
-
 # ----------------------------------------------------------------------------------------------- helpers
 
 
 def layer_curve(ax, layers, values=None, *, mean=None, lo=None, hi=None, label=None, color=None, marker="o",
                 ls="-", band_alpha=0.2, **kw):
-    """A per-layer curve with a shaded 95% band. Either `values` [N, L] (band from `mean_band`) or
-    `mean`, `lo`, `hi` [L] precomputed. Returns the line."""
+    """A per-layer curve with a shaded 95% band. Either `values` [N, L] (mean and t-interval per layer,
+    `interp.stats.mean_ci`) or `mean`, `lo`, `hi` [L] precomputed. Returns the line."""
     if values is not None:
-        mean, lo, hi = mean_band(values)
+        from interp.stats import mean_ci
+
+        mean, lo, hi = mean_ci(values)
     x = np.asarray(layers)
     (line,) = ax.plot(x, mean, marker=marker, ls=ls, label=label, color=color, **kw)
     if lo is not None and hi is not None:

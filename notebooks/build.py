@@ -1,7 +1,7 @@
 """Writes the notebooks (stored without outputs): `python notebooks/build.py`.
 
-One notebook per analysis (it calls the same `analyses.<name>.main` as the command line, on a small slice of
-the toy data, then shows the figure and the numbers) plus `tour.ipynb`, the API in ten cells.
+One notebook per analysis in `analyses.registry` (it calls the analysis's `compute` with keyword arguments on a
+few toy samples, then shows the figure and its REPORT paragraph) plus `tour.ipynb`, the API in ten cells.
 """
 import os
 
@@ -37,38 +37,17 @@ TOUR = [
              "ax.set_title(samples[0].question, fontsize=8)\nax.axis('off');"),
 ]
 
-# name → (limit, what to print after the run)
-ANALYSES = {
-    "vision_attention_ratio": (60, "import numpy as np\nnp.nanmean(np.asarray(rec['ratio_answer'], float), 0).round(3)"),
-    "attenuation_violin": (60, "import numpy as np\nnp.nanmean(np.asarray(rec['entropy'], float), 0).round(2)"),
-    "attention_heatmaps": (4, "[(s['question'], s['prediction'], s['box_share']) for s in rec['samples']]"),
-    "token_dynamics": (60, "print(rec['table'])"),
-    "mu_masking": (40, "rec['accuracy']['lowest']['mean'], rec['accuracy']['highest']['mean']"),
-    "aif_ratios": (60, "rec['chosen_share']"),
-    "oracle_masks": (40, "print(rec['table'])"),
-    "vif_focus": (40, "print(rec['table'])"),
-    "vif_ablation": (40, "print(rec['table'])"),
-    "method_table": (40, "print(rec['table'])"),
-    "patching": (4, "from analyses.patching import finding\nprint(finding(rec))"),
-    "knockout_flow": (48, "from analyses.knockout_flow import finding\nprint(finding(rec))"),
-    "logit_lens": (48, "from analyses.logit_lens import finding\nprint(finding(rec))"),
-    "premises": (60, "print(rec['paragraph'])\nprint(rec['table'])"),
-}
-
-
-def cells_for(name, limit, show):
-    import importlib
-
-    doc = importlib.import_module(f"analyses.{name}").__doc__.strip()
-    first = doc.split("\n\n")[0]
+def cells_for(analysis):
+    """An analysis's notebook: its registered `compute` on a few toy samples, the figure, the REPORT paragraph."""
+    name, n = analysis.name, analysis.notebook_limit
+    first = analysis.doc.strip().split("\n\n")[0]
     return [
-        ("md", f"# `{name}`\n{first}\n\nThe same code as `python -m analyses.{name}`; here on {limit} toy samples "
-               "(the main command uses more). Figures and numbers go to `nb_out/`."),
-        ("code", f"from analyses import {name}\nrec = {name}.main(['--model', 'toy', '--data', 'toy', '--limit', "
-                 f"'{limit}', '--out', 'nb_out', '--no-progress'])"),
-        ("code", f"from IPython.display import Image\nImage('nb_out/{name}.png')"),
-        ("code", show),
-        ("code", f"# the figure is redrawn from the saved numbers alone\n{name}.plot('nb_out/{name}.json', 'nb_out')"),
+        ("md", f"# {analysis.title} (`{name}`)\n{first}\n\nThe same code as `python -m analyses.{name}`: `compute` "
+               f"measures (here on {n} toy samples; the main job uses more), `plot` draws from those numbers alone, "
+               "`finding` is the paragraph REPORT.md prints."),
+        ("code", f"from analyses import {name}\nrec = {name}.compute(model='toy', data='toy', limit={n}, progress=False)"),
+        ("code", f"from IPython.display import Image\n{name}.plot(rec, 'nb_out')\nImage('nb_out/{name}.png')"),
+        ("code", f"print({name}.finding(rec))\nif 'table' in rec:\n    print(rec['table'])"),
     ]
 
 
@@ -82,10 +61,12 @@ def write(name, cells, out=HERE):
 
 
 def build(out=HERE):
-    """Write every notebook into `out`."""
+    """Write every notebook into `out`: the tour, then one per registered analysis."""
+    from analyses import registry
+
     write("tour", TOUR, out)
-    for name, (limit, show) in ANALYSES.items():
-        write(name, cells_for(name, limit, show), out)
+    for analysis in registry.every():
+        write(analysis.name, cells_for(analysis), out)
 
 
 if __name__ == "__main__":

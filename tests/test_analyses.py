@@ -1,30 +1,53 @@
-"""Every analysis smoke-runs on a random zoo model with --limit 2 and writes its PNG, PDF and JSON; `plot`
-redraws the figure from the JSON alone into another folder; the shared helpers hold their contracts."""
+"""Every registered analysis smoke-runs on a random zoo model with limit 2 (the main job, once: figures, JSON and
+REPORT.md in one folder); `plot` redraws each figure from the JSON alone; `compute` takes keywords and writes
+nothing; the command line parses into the same call; the shared helpers hold their contracts."""
 
 import importlib
 import json
+import pkgutil
 
 import numpy as np
 import pytest
 import torch
 
-ANALYSES = ("vision_attention_ratio", "attenuation_violin", "attention_heatmaps", "mu_masking", "oracle_masks",
-            "method_table", "vif_focus", "vif_ablation",
-            "aif_ratios", "token_dynamics", "premises", "patching", "knockout_flow", "logit_lens")
+import analyses
+from analyses import registry
+
+ANALYSES = registry.NAMES
 ARGV = ["--model", "zoo:llava", "--data", "toy", "--limit", "2", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Run every analysis once (the zoo model is built once and shared through common's cache)."""
+def main_run(tmp_path_factory):
+    """The main job on the zoo model, limit 2: every analysis into one folder, then REPORT.md (the model is built
+    once and shared through the analyses' cache)."""
     pytest.importorskip("interp.toy.scenes")
-    out = {}
-    for name in ANALYSES:
-        mod = importlib.import_module(f"analyses.{name}")
-        folder = tmp_path_factory.mktemp(name)
-        record = mod.main([*ARGV, "--out", str(folder)])
-        out[name] = (mod, folder, record)
-    return out
+    from analyses import main as main_mod
+
+    folder = tmp_path_factory.mktemp("main")
+    return main_mod.main([*ARGV, "--out", str(folder)]), folder
+
+
+@pytest.fixture(scope="module")
+def runs(main_run):
+    records, folder = main_run
+    return {name: (importlib.import_module(f"analyses.{name}"), folder, records[name]) for name in ANALYSES}
+
+
+def test_the_registry_lists_every_analysis_module_once():
+    declared = sorted(m.name for m in pkgutil.iter_modules(analyses.__path__)
+                      if hasattr(importlib.import_module(f"analyses.{m.name}"), "ANALYSIS"))
+    assert declared == sorted(ANALYSES) and len(set(ANALYSES)) == len(ANALYSES)
+    every = registry.every()
+    assert [a.name for a in every] == list(ANALYSES) and len({a.title for a in every}) == len(every)
+    for a in every:
+        mod = importlib.import_module(f"analyses.{a.name}")
+        assert mod.compute == a.compute and mod.main == a.main and a.doc == mod.__doc__
+        assert f"python -m analyses.{a.name}" in a.doc  # the docstring gives the command
+    from interp.errors import InputError
+
+    with pytest.raises(InputError, match="vision_attention_ratio"):
+        registry.get("no_such_analysis")
 
 
 @pytest.mark.parametrize("name", ANALYSES)
@@ -37,9 +60,8 @@ def test_analysis_writes_figure_and_numbers(runs, name):
     assert saved["analysis"] == name and saved["seed"] == 0 and saved["arguments"]["limit"] == 2
     assert saved["model"] == "zoo:llava" and saved["num_layers"] == 4
     assert set(saved["versions"]) >= {"torch", "transformers", "nnsight", "numpy"} and "git_revision" in saved
-    assert saved["command"].startswith(f"python -m analyses.{name} ")
-    assert saved["n"] == 2
-    assert mod.__doc__ and f"python -m analyses.{name}" in mod.__doc__  # the docstring gives the command
+    assert saved["command"].startswith(f"python -m analyses.{name} --model zoo:llava --data toy --out ")
+    assert saved["n"] == 2 and saved == record  # what is written is what is returned
 
 
 @pytest.mark.parametrize("name", ANALYSES)
@@ -96,69 +118,96 @@ def test_flow_analyses_numbers(runs):
     assert all("**" in m.finding(runs[m.NAME][2]) for m in (patching, knockout_flow, logit_lens))
 
 
-# --- common helpers ------------------------------------------------------------------------------------
+def test_compute_takes_keywords_writes_nothing_and_matches_the_run(runs, tmp_path, monkeypatch):
+    from analyses import vision_attention_ratio as a
+    from interp.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    rec = a.compute(model="zoo:llava", data="toy", limit=2, progress=False)  # what a notebook calls
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    json.dumps(rec, allow_nan=False)  # JSON-able as returned
+    assert rec["command"] == "python -m analyses.vision_attention_ratio --model zoo:llava --data toy --limit 2 --no-progress"
+    assert rec["ratio_answer"] == runs["vision_attention_ratio"][2]["ratio_answer"]  # same seed, same numbers
+    assert rec["arguments"]["batch_size"] == a.ANALYSIS.batch_size and rec["arguments"]["out"] is None
+    with pytest.raises(InputError, match="takes no argument 'limt'.*limit"):
+        a.compute(model="zoo:llava", limt=2)
+
+
+def test_the_command_line_parses_into_the_same_call(tmp_path):
+    from analyses import attention_heatmaps
+
+    rec = attention_heatmaps.main([*ARGV, "--layers", "0,3", "--out", str(tmp_path)])
+    assert rec["layers"] == [0, 3] and rec["arguments"]["layers"] == [0, 3] and rec["arguments"]["limit"] == 2
+    assert rec["command"] == "python -m analyses.attention_heatmaps " + " ".join([*ARGV, "--layers", "0,3", "--out",
+                                                                                    str(tmp_path)])
+    assert (tmp_path / "attention_heatmaps.png").is_file()
+    with pytest.raises(SystemExit):  # an unknown flag is argparse's error
+        attention_heatmaps.main([*ARGV, "--no-such-flag"])
+
+
+# --- shared helpers ------------------------------------------------------------------------------------
 
 def test_vision_index_and_group_round_trip():
-    from analyses import common
+    from analyses import batching
     from interp.layout import TokenLayout
 
     vision = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
     z = torch.zeros_like(vision)
     lay = TokenLayout(vision=vision, text=~vision, question=z, answer=z, pad=z, images=((), ()))
     sel = torch.tensor([[True, False, True], [False, True, False]])
-    group = common.vision_group(lay, sel)
+    group = batching.vision_group(lay, sel)
     assert group.tolist() == [[False, True, False, True, False], [False, True, False, False, False]]
-    back = common.vision_index(lay, group)
+    back = batching.vision_index(lay, group)
     assert back.tolist() == [[True, False, True], [False, True, False]]
 
 
 def test_jsonable_is_strict_json(tmp_path):
-    from analyses import common
+    from analyses import record
 
     obj = {"a": torch.tensor([1.0, float("nan")]), "b": np.array([[np.inf, 2]]), "c": np.float32(0.5),
            "d": (1, 2), "e": np.int64(3)}
-    p = common.write_json(tmp_path / "x.json", obj)
+    p = record.write_json(tmp_path / "x.json", obj)
     back = json.loads(p.read_text())
     assert back == {"a": [1.0, None], "b": [[None, 2.0]], "c": 0.5, "d": [1, 2], "e": 3}
-    assert np.isnan(common.arr(back["a"])[1])
+    assert np.isnan(record.arr(back["a"])[1]) and record.jsonable(back) == back  # idempotent
 
 
 def test_model_spec_errors_and_labels():
-    from analyses import common
+    from analyses import loading
     from interp.errors import InputError
 
     with pytest.raises(InputError):
-        common.load_model("zoo:no_such_arch")
-    assert common.model_label("zoo:llava") == "zoo:llava (random weights)"
-    assert common.model_label("toy") == "toy LLaVA"
+        loading.load_model("zoo:no_such_arch")
+    assert loading.model_label("zoo:llava") == "zoo:llava (random weights)"
+    assert loading.model_label("toy") == "toy LLaVA"
 
 
-def test_mean_band():
-    from interp.plot import mean_band
+def test_main_writes_report_whose_numbers_match_the_json(main_run):
+    from analyses import report
+    from analyses.findings import verdicts
 
-    m, lo, hi = mean_band(np.array([[1.0, 2.0], [3.0, np.nan]]))
-    assert m.tolist() == [2.0, 2.0] and lo[0] < 2 < hi[0] and lo[1] == hi[1] == 2.0
-
-
-def test_main_writes_report_whose_numbers_match_the_json(tmp_path):
-    import json
-
-    from analyses import main as main_mod
-
-    main_mod.main(["--model", "zoo:llava", "--data", "toy", "--limit", "2", "--out", str(tmp_path)])
-    report = (tmp_path / "REPORT.md").read_text()
-    from analyses.report import ORDER
-
-    for name in ORDER:
-        d = json.loads((tmp_path / f"{name}.json").read_text())
-        assert f"![{name}]({name}.png)" in report and (tmp_path / f"{name}.png").exists()
+    records, folder = main_run
+    text = (folder / "REPORT.md").read_text()
+    summary = text[text.index("## Summary"):text.index("## The model")]
+    for a in registry.every():
+        d = json.loads((folder / f"{a.name}.json").read_text())
+        assert f"![{a.name}]({a.name}.png)" in text and (folder / f"{a.name}.png").exists()
+        assert f"## {a.title}\n" in text and a.finding(d) in text
         if d.get("table"):
-            assert d["table"] in report
+            assert d["table"] in text
         for m, s in d.get("summary", {}).items():
-            assert f"{s['accuracy']:.3f}" in report
-    mt = json.loads((tmp_path / "method_table.json").read_text())
+            assert f"{s['accuracy']:.3f}" in text
+        if a.claim:  # one summary row per claim, its verdicts those of the finding, linked to the section
+            row = next(line for line in summary.splitlines() if line.startswith(f"| {a.claim} |"))
+            assert f"| {' · '.join(verdicts(a.finding(d))) or '–'} |" in row and f"(#{report.anchor(a.title)})" in row
+    mt = records["method_table"]
     p = mt["paired_vs_baseline"]["vif"]
-    assert f"VIF {p['difference']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]" in report
+    assert f"VIF {p['difference']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]" in text
+    h = records["premises"]["premises"]["headroom"]  # premises ran last and read oracle_masks.json of the same run
+    assert h["oracle_ratio"]["verdict"] != "not measured" and h["source"] == str(folder)
+    assert report.anchor("VIF ablation: the focus map vs the extra fine-tuning") == \
+        "vif-ablation-the-focus-map-vs-the-extra-fine-tuning"
+    assert report.anchor("AIF's adaptive ratio") == "aifs-adaptive-ratio"
 
 
 def test_report_model_section_reads_the_card(tmp_path):
@@ -184,7 +233,7 @@ def test_report_model_section_reads_the_card(tmp_path):
 def test_git_revision_ignores_the_runs_own_outputs(tmp_path):
     import subprocess
 
-    from analyses.common import git_revision
+    from analyses.record import git_revision
 
     def git(*a):
         subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)

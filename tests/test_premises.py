@@ -42,14 +42,14 @@ def test_smoke_writes_figure_json_and_every_verdict_has_an_interval(run3, tmp_pa
 def test_statistics_match_a_plain_loop_over_hf_eager_attentions(run3):
     """Every per-sample number and each premise's mean, recomputed from HF eager `output_attentions` of a
     pristine copy (same weights) with Python loops; evidence tokens from the 4×4 grid's 16-px patches by hand."""
-    from analyses import common
+    from analyses import batching, loading
     from interp.data.loaders import load_samples
     from interp.models import zoo
 
     rec, _ = run3
     samples = load_samples("toy", limit=3, seed=0)
-    vlm = common.load_model("zoo:llava")
-    batch = common.prepare(vlm, samples)
+    vlm = loading.load_model("zoo:llava")
+    batch = batching.prepare(vlm, samples)
     lay = batch.layout
     hf, _ = zoo.build("llava", seed=0)
     hf.set_attn_implementation("eager")
@@ -64,7 +64,7 @@ def test_statistics_match_a_plain_loop_over_hf_eager_attentions(run3):
         assert len(vis) == 16 and s.image.size == (64, 64)
         ev = [any(16 * (k % 4) < x1 and x0 < 16 * (k % 4) + 16 and 16 * (k // 4) < y1 and y0 < 16 * (k // 4) + 16
                   for x0, y0, x1, y1 in s.boxes) for k in range(16)]
-        assert ev == common.vision_index(lay, lay.boxes_to_mask([list(s.boxes) for s in samples]))[b].tolist()
+        assert ev == batching.evidence(lay, samples)[b].tolist()
         share, ratio, vent = [], [], []
         d = [[0.0] * 16 for _ in range(L)]
         for l in range(L):
@@ -131,16 +131,16 @@ def test_verdicts_on_hand_made_numbers():
 
 
 def test_headroom_is_read_never_invented(tmp_path):
-    from analyses import common, premises
+    from analyses import premises, record
 
     h = premises.headroom(tmp_path, 0)
     assert {h[m]["verdict"] for m in ("oracle_ratio", "oracle_box", "oracle_map")} == {"not measured"}
     scores = {"baseline": [1, 0, 0, 1], "oracle_ratio": [1, 1, 0, 1], "oracle_box": [0, 0, 0, 1]}
     paired = {"oracle_ratio": {"difference": 0.25, "ci": [0.0, 0.75], "p_value": 1.0},
               "oracle_box": {"difference": -0.25, "ci": [-0.75, 0.0], "p_value": 1.0}}
-    common.write_json(tmp_path / "oracle_masks.json", {"n": 4, "scores": scores, "families": ["a", "a", "b", "b"],
+    record.write_json(tmp_path / "oracle_masks.json", {"n": 4, "scores": scores, "families": ["a", "a", "b", "b"],
                                                        "paired_vs_baseline": paired})
-    common.write_json(tmp_path / "vif_ablation.json", {"n": 4, "paired_vs_finetune": {
+    record.write_json(tmp_path / "vif_ablation.json", {"n": 4, "paired_vs_finetune": {
         "oracle_map": {"difference": 0.035, "ci": [0.01, 0.06], "p_value": 0.01}}})
     h = premises.headroom(tmp_path, 0)
     assert h["mean"] == 0.25 and h["ci"] == [0.0, 0.75] and h["verdict"] == "inconclusive"
@@ -168,25 +168,27 @@ def test_box_less_data_on_another_family_says_no_boxes(tmp_path):
     assert "No sample has evidence boxes" in rec["paragraph"] and (tmp_path / "out" / "premises.png").exists()
 
 
-def test_report_opens_with_the_computed_paragraph_and_sections_refer_back(run3):
+def test_report_summary_opens_with_the_premises_and_sections_refer_back(run3):
     from analyses import premises, report, vision_attention_ratio
 
     rec, out = run3
     vision_attention_ratio.main([*ARGV, "--limit", "2", "--out", str(out)])
     text = report.build(out).read_text()
-    head = "# interp on the toy model: the papers' analyses\n\n## What this model can and cannot show\n\n"
-    assert text.startswith(head + premises.paragraph(json.loads((out / "premises.json").read_text())))
-    assert text.index("## The papers' premises, measured") < text.index("## Vision attention ratio per layer")
-    assert "Premises ([What this model can and cannot show](#what-this-model-can-and-cannot-show)): VIF's falling " \
+    d = json.loads((out / "premises.json").read_text())
+    summary = text[text.index("## Summary\n\n"):]
+    assert text.startswith("# interp on the toy model: the papers' analyses\n") and text.index("## Summary") < 1000
+    assert summary.startswith("## Summary\n\n" + premises.lead(d) + " ([premises](#the-papers-premises-measured))")
+    assert "| VIF: attention on vision attenuates in deep layers (answer position) |" in summary
+    sec = text.index("## The papers' premises, measured")
+    assert sec < text.index("## Vision attention ratio per layer") and premises.paragraph(d) in text[sec:]
+    assert premises.paragraph(d).startswith(premises.lead(d))
+    assert "Premises ([the papers' premises, measured](#the-papers-premises-measured)): VIF's falling " \
            "vision share" in text and rec["table"] in text and "Notes from the card" not in text
 
 
-def test_bootstrap_diff_ci_is_seeded_and_contains_the_difference():
-    from interp.stats import bootstrap_diff_ci
+def test_headroom_without_a_folder_is_not_measured():
+    from analyses import premises
 
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(1.0, 1.0, 200), rng.normal(0.0, 1.0, 50)
-    lo, hi = bootstrap_diff_ci(a, b, seed=3)
-    assert lo < a.mean() - b.mean() < hi and (lo, hi) == bootstrap_diff_ci(a, b, seed=3) and lo > 0
-    assert bootstrap_diff_ci([2.0, 2.0], [0.5]) == (1.5, 1.5)
-    assert all(math.isnan(v) for v in bootstrap_diff_ci([], [1.0]))
+    h = premises.headroom(None, 0)
+    assert {h[m]["verdict"] for m in ("oracle_ratio", "oracle_box", "oracle_map")} == {"not measured"}
+    assert "no folder given" in h["oracle_ratio"]["why"] and h["source"] is None

@@ -14,6 +14,7 @@ import torch
 from ..engine.plan import layer_tuple
 from ..errors import InputError, NoEffectError
 from ..layout import check_group
+from ..stats import entropy
 from ..engine import Intervention, ReadProbs, intervene
 from ..engine.core import describe
 
@@ -69,7 +70,7 @@ def reduce_rows(p: torch.Tensor, rowsel: torch.Tensor, vpos: torch.Tensor, heads
     mass = pv.sum(-1)  # [B, H, n]
     ratio = (mass * rowsel[:, None]).sum(-1) / cnt
     q = pv / mass[..., None].clamp(min=1e-30)
-    ent_rows = -(q * torch.log(q.clamp(min=1e-30))).sum(-1)  # [B, H, n]
+    ent_rows = entropy(q)  # [B, H, n]
     ent = (ent_rows * rowsel[:, None]).sum(-1) / cnt
     none = ~rowsel.any(1)  # rows with no selected query: NaN, not zero
     vmax = torch.where(valid[:, None] & ~none[:, None, None], vmax, nan)
