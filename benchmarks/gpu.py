@@ -305,7 +305,7 @@ def run_part(part, models, args, results, env, command) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CPU smoke mode: tiny geometry, 2 rounds, small sizes")
+    ap.add_argument("--quick", action="store_true", help="CPU smoke mode: tiny geometry, 1 round after the warm-up, small sizes")
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--out-dir", default=harness.RESULTS)
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.size = "7b"
     if args.quick:
-        args.size, args.repeats, args.gen_repeats, args.flow_repeats = "tiny", 2, 2, 1
+        args.size, args.repeats, args.gen_repeats, args.flow_repeats = "tiny", 1, 1, 1
         args.new_tokens, args.gen_batches, args.eval_samples, args.eval_batch = 4, [1, 2], 4, 2
         args.eval_new_tokens, args.qwen_tokens, args.bisect = 4, [4, 16, 36], 2
     # on a CPU one thread (the smoke mode shares 2 cores with other jobs); a GPU run keeps the process's count
