@@ -36,7 +36,8 @@ LABELS = {"base": "base model (no training)", "finetune": "fine-tune only", "vif
 COLORS = {"base": "#4d4d4d", "finetune": "#949494", "vif_frozen": "#cc78bc", "vif_joint": "#0173b2",
           "vif_joint_ref": "#56b4e9", "uniform_map": "#de8f05", "oracle_map": "#029e73"}
 CONTROL = "finetune"
-SHIPPED = Path(__file__).resolve().parent.parent / "interp" / "vif" / "checkpoints" / "ablation"
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "interp" / "vif" / "checkpoints" / "ablation"
 SHORT = {"vif_frozen": "VIF\nfrozen", "vif_joint": "VIF\njoint", "vif_joint_ref": "VIF\nj. ref",
          "uniform_map": "unif.\nmap", "oracle_map": "oracle\nmap"}
 THIN = 10  # steps between the KL-trajectory points kept in the JSON
@@ -132,7 +133,7 @@ def measure(vlm, samples, cfg, *, variants=None, train_steps=2) -> dict:
 
     samples = loading.with_boxes(samples, NAME)
     runs, root = _variants(vlm, cfg, variants, train_steps)
-    repo = str(SHIPPED.parent.parent.parent) + os.sep
+    repo = str(REPO) + os.sep  # the JSON names the checkpoints relative to the repository
     root = root[len(repo):] if root.startswith(repo) else root
     scores = {v: [] for v in ORDER}
     mass, area, ent = ({v: [] for v in ORDER} for _ in range(3))
