@@ -209,9 +209,9 @@ def summarize(raw: dict, baseline: str) -> dict:
 # ---------------------------------------------------------------------------------------------- memory
 
 
-def memory(module: str, jobs: list, *, repeats: int, warmup: int = 1, one_child: bool = False,
-           in_process: bool = False, timeout: float = 600) -> list:
-    """Peak memory of each job, each in a fresh child process (all jobs in one child with `one_child`).
+def memory(module: str, jobs: list, *, repeats: int, warmup: int = 1, in_process: bool = False,
+           timeout: float = 600) -> list:
+    """Peak memory of each job, each in a fresh child process.
 
     A job is a JSON-able dict; the child calls `<module>.memory_job(job)` → (run_fn, info) and measures
     `run_fn()`. Returns one dict per job: job, method, baseline_bytes and peak_delta_bytes (lists, per run),
@@ -221,16 +221,15 @@ def memory(module: str, jobs: list, *, repeats: int, warmup: int = 1, one_child:
     spec = {"module": module, "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads()}
     if in_process:
         return _measure({**spec, "jobs": jobs})
-    groups = [jobs] if one_child else [[j] for j in jobs]
     results = []
-    for group in groups:
+    for job in jobs:
         path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), PYTHONPATH=path, HF_HUB_OFFLINE="1")
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.harness", json.dumps({**spec, "jobs": group})],
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.harness", json.dumps({**spec, "jobs": [job]})],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_RESULT ")]
         if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"memory child for {module} {group} failed (rc {proc.returncode}):\n"
+            raise RuntimeError(f"memory child for {module} {job} failed (rc {proc.returncode}):\n"
                                f"{proc.stderr[-3000:]}")
         results += json.loads(lines[-1][len("BENCH_RESULT "):])
     return results

@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=1,
                     help="measured runs per child, after 1 warm-up (peaks vary ~1%% run to run)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="smoke mode: grids 4 and 8, one child for all jobs")
+    ap.add_argument("--quick", action="store_true", help="smoke mode: grids 4 and 8, memory measured in this process")
     ap.add_argument("--out", default=os.path.join(harness.RESULTS, "memory_scaling.json"))
     args = ap.parse_args(argv)
     if args.quick:
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
 
         jobs = [{"grid": g, "layers": args.layers, "hidden": args.hidden, "heads": args.heads, "variant": v}
                 for g in args.grids for v in VARIANTS]
-        runs = harness.memory("benchmarks.memory_scaling", jobs, repeats=args.repeats, one_child=args.quick)
+        runs = harness.memory("benchmarks.memory_scaling", jobs, repeats=args.repeats, in_process=args.quick)
 
         sizes = []
         for g in args.grids:

@@ -1,13 +1,14 @@
 """Every benchmark (`benchmarks/capture.py`, `memory_scaling.py`, `aif.py`, `generate.py`, `patching.py`) runs end
 to end in `--quick` mode (tiny models, few rounds) and writes the fields the docs table and readers rely on, its
-summary numbers recomputed here from its raw ones. Not a timing assertion: CPU timings here are noise.
-`memory_scaling --quick` measures in one fresh child process (the one check of the memory child's protocol);
-`capture` and `generate` measure memory in this process in quick mode."""
+summary numbers recomputed here from its raw ones. Not a timing assertion: CPU timings here are noise. Quick
+modes measure memory in this process; the memory child (`harness.memory` without `in_process`) is checked on
+its own, on a run whose allocation is known."""
 
 import json
 import math
 import os
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +49,24 @@ def _leaves_no_global_state(num_threads):
     # pytest names the running phase; torch's compiler sets its cache folder the first time it is used
     assert changed <= {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}, changed
     assert torch.get_num_threads() == 2 and not harness._MODELS
+
+
+MIB = 2**20
+
+
+def memory_job(job):
+    """What `harness.memory` runs in its child for the test below: fill a fresh `job["mib"]` MiB tensor."""
+    n = job["mib"] * MIB // 4
+    return (lambda: torch.ones(n)), {"mib": job["mib"]}
+
+
+def test_memory_child_measures_what_a_run_allocates(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the child imports this module's memory_job
+    (r,) = harness.memory("test_benchmarks_smoke", [{"mib": 48}], repeats=2)
+    assert r["method"] == "VmHWM (clear_refs)" and r["info"] == {"mib": 48} and r["job"] == {"mib": 48}
+    assert len(r["peak_delta_bytes"]) == len(r["baseline_bytes"]) == len(r["seconds"]) == 2
+    for d in r["peak_delta_bytes"] + r["warmup_peak_delta_bytes"]:  # the tensor, give or take a few pages
+        assert abs(d - 48 * MIB) < 2 * MIB, d / MIB
 
 
 def test_capture_quick(tmp_path):
