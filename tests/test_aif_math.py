@@ -256,9 +256,15 @@ def test_choose_ratio_few_tokens(n):
 
 def test_choose_ratio_max_ratio_caps():
     mu, ent = token_stats(torch.rand(4, 8, 40))
-    assert (choose_ratio(mu, ent).ratio > 0.5).all()  # the known bias of the raw criterion
+    full = choose_ratio(mu, ent)
+    assert (full.ratio > 0.5).all()  # the known bias of the raw criterion
     ch = choose_ratio(mu, ent, max_ratio=0.5)
-    assert (ch.ratio <= 0.5).all() and ch.S.shape == (4, 5)
+    low = [r for r in DEFAULT_RATIOS if r <= 0.5]
+    # the cap is the same choice over the candidates up to it: the same scores, the best of them chosen
+    assert ch.ratios.tolist() == pytest.approx(low) and torch.equal(ch.S, full.S[:, :len(low)])
+    best = (ch.S - ch.S0[:, None]).abs().argmax(1)
+    assert ch.ratio.tolist() == pytest.approx([low[i] for i in best.tolist()])
+    assert torch.equal(ch.kept, choose_ratio(mu, ent, ratios=low).kept)
 
 
 @pytest.mark.parametrize(

@@ -320,7 +320,17 @@ def test_inject_gradients_flow_to_weights():
     inj = interp.InjectAttention((2,), "question", "vision", lambda ctx, call: torch.softmax(logits_w, -1), alpha=0.5)
     out = interp.intervene(vlm, inj).forward(b, grad=True)
     out.logits[0, -1, 5].backward()
-    assert logits_w.grad is not None and logits_w.grad.abs().sum() > 0
+    grad = logits_w.grad[0]
+    # against central differences of the same logit, at the entries that matter most and least
+    eps = 1e-2
+    for j in (int(grad.abs().argmax()), int(grad.abs().argmin()), 0):
+        step = torch.zeros_like(logits_w)
+        step[0, j] = eps
+        f = [interp.intervene(vlm, interp.InjectAttention(
+            (2,), "question", "vision", lambda ctx, call, w=logits_w.detach() + s * step: torch.softmax(w, -1),
+            alpha=0.5)).forward(b).logits[0, -1, 5] for s in (1, -1)]
+        assert float((f[0] - f[1]) / (2 * eps)) == pytest.approx(float(grad[j]), abs=1e-4, rel=1e-2)
+    assert grad.abs().max() > 1e-3  # the weights reach the logit
 
 
 # ----------------------------------------------------------------------------- patching

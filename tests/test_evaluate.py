@@ -344,7 +344,7 @@ def test_analysis_cli_with_toy_model(tmp_path):
     b = vlm.prepare(images=[s.image for s in samples], questions=[s.question for s in samples])
     with torch.no_grad():
         ids = vlm.hf.generate(**b.inputs, max_new_tokens=4, do_sample=False)
-    texts = vlm.tokenizer.batch_decode(ids[:, b.input_ids.shape[1]:], skip_special_tokens=True)
+    texts = [t.strip() for t in vlm.tokenizer.batch_decode(ids[:, b.input_ids.shape[1]:], skip_special_tokens=True)]
     assert [r["prediction"] for r in records] == texts and all(texts), texts
     assert [r["score"] for r in records] == [score(s, t, "auto") for s, t in zip(samples, texts)]
     assert summary["accuracy"] == pytest.approx(sum(r["score"] for r in records) / 2)
