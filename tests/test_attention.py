@@ -271,7 +271,7 @@ def _reference_inject(layers, rows, cols, w, alpha, mode):
 
 
 @pytest.mark.parametrize("mode", ["convex", "additive"])
-def test_inject_matches_plain_reference(mode):
+def test_inject_matches_plain_reference(mode, monkeypatch):
     vlm = zoo("llava", "eager")
     b = batch(vlm, 1)  # HF hands a registered interface no padding mask, so the reference runs unpadded
     lay = b.layout
@@ -282,7 +282,9 @@ def test_inject_matches_plain_reference(mode):
     full = torch.zeros(1, lay.seq_len)
     for r in range(1):
         full[r, lay.vision[r]] = w[r, : int(lay.num_vision[r])]
-    AttentionInterface.register("inject_ref", _reference_inject(layers, lay.question, lay.vision, full, alpha, mode))
+    # registered for this test only (AttentionInterface.register writes the class-wide table, for good)
+    monkeypatch.setitem(AttentionInterface._global_mapping, "inject_ref",
+                        _reference_inject(layers, lay.question, lay.vision, full, alpha, mode))
     vlm.hf.set_attn_implementation("inject_ref")
     try:
         with torch.no_grad():

@@ -34,11 +34,12 @@ def test_load_keeps_train_mode_and_says_why_it_matters():
     assert model.training and all(m.training for m in model.modules())
 
 
-def test_load_refuses_attention_it_cannot_read():
+def test_load_refuses_attention_it_cannot_read(monkeypatch):
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    AttentionInterface.register("custom_sdpa", sdpa_attention_forward)
+    # registered for this test only (AttentionInterface.register writes the class-wide table, for good)
+    monkeypatch.setitem(AttentionInterface._global_mapping, "custom_sdpa", sdpa_attention_forward)
     model, proc = Z.build("llava")
     model.set_attn_implementation("custom_sdpa")
     with pytest.raises(InputError, match="attn_implementation='custom_sdpa'.*pass attn_implementation='sdpa'"):
