@@ -18,6 +18,8 @@ import warnings
 
 import torch
 
+from interp.stats import entropy
+
 
 class PosteriorCollapseWarning(UserWarning):
     """The CVAE's KL(posterior ‖ prior) stayed under the threshold: the posterior has collapsed onto the prior."""
@@ -55,7 +57,7 @@ def map_stats(maps, ev: torch.Tensor, has: torch.Tensor, *, rows: bool = False) 
     ent, mass = [], []
     for m in maps:
         p = torch.nan_to_num(m.detach().float().cpu(), nan=0.0)  # [B, Nv]
-        ent.append(-(p * p.clamp(min=1e-30).log()).sum(1))
+        ent.append(entropy(p, dim=1))
         mass.append((p * ev.float()).sum(1))
     ent, mass = torch.stack(ent).mean(0), torch.stack(mass).mean(0)  # [B]
     n_vis = torch.isfinite(maps[0].detach().float().cpu()).sum(1).clamp(min=1)
