@@ -272,38 +272,40 @@ def _measure(spec: dict) -> list:
     """The jobs of one `memory` spec, measured in this process (a memory child's work)."""
     mod = importlib.import_module(spec["module"])
     out = []
-    for job in spec["jobs"]:
-        fn, info = mod.memory_job(job)
-        _freeze()
-        cold = []  # warm-up runs, measured the same way: first-call costs show up here, not in the result
-        for _ in range(spec["warmup"]):
+    _freeze()  # what is alive now stays out of the collector's reach: each collection below is cheap
+    try:
+        for job in spec["jobs"]:
+            fn, info = mod.memory_job(job)
+            cold = []  # warm-up runs, measured the same way: first-call costs show up here, not in the result
+            for _ in range(spec["warmup"]):
+                _trim()
+                base = _status_bytes("VmRSS")
+                reset = _reset_hwm()
+                with torch.no_grad():
+                    fn()
+                if reset:
+                    cold.append(max(0, _status_bytes("VmHWM") - base))
+            bases, deltas, secs, method = [], [], [], "VmHWM (clear_refs)"
+            for _ in range(spec["repeats"]):
+                _trim()
+                base = _status_bytes("VmRSS")
+                if _reset_hwm():
+                    before = None
+                else:  # no clear_refs: the process-wide high-water mark is all there is
+                    method, before, base = "ru_maxrss", _maxrss_bytes(), _maxrss_bytes()
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    fn()
+                secs.append(time.perf_counter() - t0)
+                peak = _status_bytes("VmHWM") if before is None else _maxrss_bytes()
+                bases.append(base)
+                deltas.append(max(0, peak - base))
+            out.append({"job": job, "method": method, "baseline_bytes": bases, "peak_delta_bytes": deltas,
+                        "warmup_peak_delta_bytes": cold, "seconds": secs, "info": info})
+            del fn
             _trim()
-            base = _status_bytes("VmRSS")
-            reset = _reset_hwm()
-            with torch.no_grad():
-                fn()
-            if reset:
-                cold.append(max(0, _status_bytes("VmHWM") - base))
-        bases, deltas, secs, method = [], [], [], "VmHWM (clear_refs)"
-        for _ in range(spec["repeats"]):
-            _trim()
-            base = _status_bytes("VmRSS")
-            if _reset_hwm():
-                before = None
-            else:  # no clear_refs: the process-wide high-water mark is all there is
-                method, before, base = "ru_maxrss", _maxrss_bytes(), _maxrss_bytes()
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                fn()
-            secs.append(time.perf_counter() - t0)
-            peak = _status_bytes("VmHWM") if before is None else _maxrss_bytes()
-            bases.append(base)
-            deltas.append(max(0, peak - base))
-        out.append({"job": job, "method": method, "baseline_bytes": bases, "peak_delta_bytes": deltas,
-                    "warmup_peak_delta_bytes": cold, "seconds": secs, "info": info})
-        del fn
+    finally:
         gc.unfreeze()
-        _trim()
     return out
 
 
