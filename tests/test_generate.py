@@ -233,14 +233,16 @@ def one_row():
 
 
 def _lowered(monkeypatch):
-    """Records (all-layer cuts planned, cuts left as edits, keys hidden?) for each pass."""
+    """Records (all-layer cuts planned, left as edits at every forward, left for the prefill only, keys hidden?)
+    for each pass that plans a cut."""
     import interp.engine.run as run_mod
 
     seen, real = [], run_mod.lower_cuts
 
     def spy(ctx, plan, T):
         new, hide = real(ctx, plan, T)
-        seen.append((len(plan.cuts), len(new.cuts), hide is not None))
+        if plan.cuts:
+            seen.append((len(plan.cuts), len(new.cuts), len(new.prefill_cuts), hide is not None))
         return new, hide
 
     monkeypatch.setattr(run_mod, "lower_cuts", spy)
@@ -263,7 +265,7 @@ def test_aif_after_its_prefix_is_plain_hf(monkeypatch, opt_name):
     monkeypatch.setattr(walk, "trace_generate", _no_trace)
     torch.manual_seed(7)
     out = interp.intervene(vlm, interp.AIF(max_ratio=0.5)).generate(b, max_new_tokens=N, **opt)
-    assert out.diagnostics["aif"]["reuse"] and seen == [(1, 0, True)]
+    assert out.diagnostics["aif"]["reuse"] and seen == [(1, 0, 0, True)]
     lay = run_layout(b, opt)
     with oracle(pristine, cls, **_aif_cuts(out, lay)) as model:
         torch.manual_seed(7)
@@ -293,14 +295,15 @@ def test_aif_forward_after_its_prefix_is_plain_hf(monkeypatch):
 def test_a_cut_that_is_not_a_key_mask_stays_an_edit(monkeypatch, opt_name):
     # the question's own tokens are not every query after the prefix (the template after it, the generated
     # tokens): that cut stays at the mask builder while AIF's is lowered; both hold against the oracle. In a
-    # left-padded batch whose rows' images end at different positions nothing is lowered.
+    # left-padded batch whose rows' images end at different positions, AIF's cut is a key mask for the decode
+    # steps only: it stays an edit at the prefill (test_toy_every_option checks those tokens).
     vlm, pristine, cls, b = one_row()
     opt = options("toy", opt_name, vlm, pristine, b)
     seen = _lowered(monkeypatch)
     torch.manual_seed(7)
     out = interp.intervene(vlm, interp.AIF(max_ratio=0.5), interp.EdgeMask("question", "vision")).generate(
         b, max_new_tokens=N, **opt)
-    assert seen == [(2, 1, True)]
+    assert seen == [(2, 1, 0, True)]
     lay = run_layout(b, opt)
     cuts = _aif_cuts(out, lay)["cuts"][None] | pair_cut(lay.question, lay.vision)
     with oracle(pristine, cls, cuts={None: cuts}) as model:
@@ -310,4 +313,4 @@ def test_a_cut_that_is_not_a_key_mask_stays_an_edit(monkeypatch, opt_name):
     seen.clear()
     _, _, _, padded, _ = setup("toy")
     interp.intervene(vlm, interp.AIF(max_ratio=0.5)).generate(padded, max_new_tokens=2)
-    assert seen == [(1, 1, False)]
+    assert seen == [(1, 0, 1, True)]

@@ -33,6 +33,8 @@ class Plan:
     outputs: dict
     taps: tuple
     start: int
+    prefill_cuts: tuple = ()  # all-layer cuts left for the prefill only: the 2D mask hides their keys after it
+    unhide: torch.Tensor | None = None  # [B, T] bool: keys the 2D mask hides, visible again to the prefill's builder
 
     @property
     def attention_layers(self) -> list:
@@ -40,6 +42,11 @@ class Plan:
 
     @property
     def empty(self) -> bool:
+        return self.decode_free and not self.prefill_cuts
+
+    @property
+    def decode_free(self) -> bool:
+        """Nothing to apply after the prefill (what is left acts there only)."""
         return not (self.cuts or self.layer_cuts or self.probs or self.reads or self.outputs or self.taps)
 
 
@@ -218,30 +225,40 @@ def check_cuts(layout, cuts, layer=None) -> None:
 
 
 def lower_cuts(ctx, plan, prompt_len: int) -> tuple[Plan, torch.Tensor | None]:
-    """All-layer cuts that are, for this pass, a key mask: when every position the pass computes (from the
-    reused prefix on; pads aside) is one of a cut's queries and its keys all lie in the prompt, cutting
-    (query, key) is hiding the key from every query, which HF's own 2D `attention_mask` does. Such cuts leave
-    the plan (no per-forward edit at all; with nothing else to apply the pass is plain HF). Returns (the plan
-    without them, bool [B, prompt_len] keys to hide in the batch's un-expanded rows, or None)."""
+    """All-layer cuts that are, for this pass, a key mask move into HF's own 2D `attention_mask`: a cut whose
+    query group holds every position the pass computes (from the reused prefix on; pads aside) and whose keys
+    all lie in the prompt hides those keys from every query. A cut that holds every generated position but not
+    every prefill query (no prefix: the vision queries; a padded batch: a row's image ending after the shared
+    prefix) is such a mask for the decode steps: it stays an edit for the prefill only, whose mask builder is
+    given the unhidden 2D mask back. Returns (the plan without them, bool [B, prompt_len] keys to hide in the
+    batch's un-expanded rows, or None)."""
     if not plan.cuts:
         return plan, None
     lay, start = ctx.layout, ctx.prefix.length if ctx.prefix is not None else 0
-    B, e = len(ctx.batch), ctx.expand
+    B, e, T = len(ctx.batch), ctx.expand, prompt_len
     computed = ~lay.pad.to(ctx.device)
     computed[:, :start] = False
-    hide, keep = None, []
+    computed[:, T:] = False  # the prefill's queries
+    generate = ctx.mode == "generate"
+    hide, keep, prefill = None, [], []
     for c in plan.cuts:
         keys = c.keys.view(B, e, -1)
-        lowerable = (bool((c.queries | ~computed).all()) and not bool(c.keys[:, prompt_len:].any())
-                     and bool((keys == keys[:, :1]).all()))  # HF expands a 2D mask row by row
-        if not lowerable:
+        mask_like = not bool(c.keys[:, T:].any()) and bool((keys == keys[:, :1]).all())  # HF expands 2D rows
+        decode = not generate or bool(c.queries[:, T:].all())
+        if not (mask_like and decode):
             keep.append(c)
             continue
-        k = keys[:, 0, :prompt_len]
+        if not bool((c.queries | ~computed).all()):
+            if not generate:
+                keep.append(c)
+                continue
+            prefill.append(c)
+        k = keys[:, 0, :T]
         hide = k if hide is None else hide | k
     if hide is None:
         return plan, None
-    return replace(plan, cuts=tuple(keep)), hide
+    hide = hide & ctx.batch.inputs["attention_mask"].to(hide.device).bool()  # pads are hidden already
+    return replace(plan, cuts=tuple(keep), prefill_cuts=tuple(prefill), unhide=hide if prefill else None), hide
 
 
 def hide_keys(mask: torch.Tensor, hide: torch.Tensor | None) -> torch.Tensor:

@@ -114,13 +114,15 @@ class Run:
 
 def _lower(ctx, plan, inputs: dict, prompt_len: int):
     """Moves the all-layer cuts that are a key mask for this pass into its 2D attention_mask (`lower_cuts`).
-    Only where the pass is given its position_ids: HF generate (and Qwen's M-RoPE) derive positions from the
-    2D mask otherwise, and hidden keys must not shift them."""
-    if ctx.prefix is None or "position_ids" not in inputs or inputs.get("attention_mask") is None:
+    Only where the pass is given its position_ids (generate's are in `ctx.inputs` for every family but M-RoPE):
+    HF generate and Qwen's M-RoPE derive positions from the 2D mask otherwise, and hidden keys must not shift
+    them."""
+    pos = inputs.get("position_ids", ctx.inputs.get("position_ids"))
+    if pos is None or inputs.get("attention_mask") is None or ctx.vlm.remote:
         return plan, inputs
     plan, hide = lower_cuts(ctx, plan, prompt_len)
     if hide is not None:
-        inputs = {**inputs, "attention_mask": hide_keys(inputs["attention_mask"], hide)}
+        inputs = {**inputs, "position_ids": pos, "attention_mask": hide_keys(inputs["attention_mask"], hide)}
     return plan, inputs
 
 

@@ -72,9 +72,11 @@ def _cut(cuts, q_pos: torch.Tensor, K: int) -> torch.Tensor:
     return out
 
 
-def _cut_builder(ctx, plan, nn, sites) -> None:
+def _cut_builder(ctx, plan, nn, sites, cuts) -> None:
     builder = sites.mask_builder(nn)
     args, kw = builder.inputs
+    if plan.unhide is not None and ctx.step == 0:  # the 2D mask hides keys for the decode steps, not the prefill
+        _unhide(ctx, plan, builder, args, kw)
     emb = kw["inputs_embeds"] if "inputs_embeds" in kw else args[1]
     cache = kw.get("cache", kw.get("past_key_values"))
     past = cache.get_seq_length() if cache is not None else 0
@@ -85,10 +87,22 @@ def _cut_builder(ctx, plan, nn, sites) -> None:
     B, Q = emb.shape[0], emb.shape[1]
     K = past + Q if mask is None else mask.shape[-1]
     q_pos = torch.arange(past, past + Q, device=emb.device)
-    cut = _cut(plan.cuts, q_pos, K)
+    cut = _cut(cuts, q_pos, K)
     if cut.shape[0] != B:
         raise SiteError(f"the model runs {B} rows but interp planned {cut.shape[0]}; report this generate option")
     builder.output = ops.cut_mask(mask, cut, q_pos, K, emb.dtype)
+
+
+def _unhide(ctx, plan, builder, args, kw) -> None:
+    """Gives the mask builder the 2D mask without the keys `plan.lower_cuts` hid (rows as HF expanded them)."""
+    named = "attention_mask" in kw
+    m = kw["attention_mask"] if named else args[2]
+    back = plan.unhide.to(m.device).repeat_interleave(ctx.expand, 0)
+    if m.dim() != 2 or m.shape != back.shape:
+        raise SiteError(f"the mask builder got an attention_mask of shape {tuple(m.shape)}, interp expected "
+                        f"{tuple(back.shape)}; report this model")
+    m = m + back.to(m.dtype)
+    builder.inputs = (args, {**kw, "attention_mask": m}) if named else ((*args[:2], m, *args[3:]), kw)
 
 
 def walk(ctx, plan) -> None:
@@ -98,8 +112,9 @@ def walk(ctx, plan) -> None:
         _, lm_kw = sites.lm(nn).inputs
         for t in plan.taps:
             t.fn(ctx, lm_kw)
-    if plan.cuts:
-        _cut_builder(ctx, plan, nn, sites)
+    cuts = plan.cuts + plan.prefill_cuts if ctx.step == 0 else plan.cuts
+    if cuts:
+        _cut_builder(ctx, plan, nn, sites, cuts)
     eager = vlm.attn_implementation == "eager"
     attn_layers = set(plan.attention_layers)
     for l in range(vlm.num_layers):
@@ -213,9 +228,13 @@ def trace_generate(ctx, plan, inputs: dict, kwargs: dict):
         with nn.generate(**kwargs, **kw, **_remote(ctx)) as tracer:
             with tracer.invoke(inputs):
                 store = nnsight.save(ctx.store)
-                for step in tracer.iter[:]:
-                    ctx.step = step
+                if plan.decode_free:  # what is left acts at the prefill only: the decode steps run untraced
+                    ctx.step = 0
                     walk(ctx, plan)
+                else:
+                    for step in tracer.iter[:]:
+                        ctx.step = step
+                        walk(ctx, plan)
             with tracer.invoke():
                 result = nnsight.save(tracer.result)
     ctx.store = store
