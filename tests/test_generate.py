@@ -314,3 +314,24 @@ def test_a_cut_that_is_not_a_key_mask_stays_an_edit(monkeypatch, opt_name):
     _, _, _, padded, _ = setup("toy")
     interp.intervene(vlm, interp.AIF(max_ratio=0.5)).generate(padded, max_new_tokens=2)
     assert seen == [(1, 0, 1, True)]
+
+
+@pytest.mark.parametrize("opt_name", ["return_dict", "beams_return"])
+def test_a_full_and_a_decode_only_key_mask_together(monkeypatch, opt_name):
+    # after AIF's prefix its cut holds every computed query; "generated → vision" holds only the decode steps'.
+    # Both hide keys in the 2D mask; the prefill's builder gets them all back, so both are edits there. Scores
+    # too: the toy's short answers survive a missing cut, its logits do not.
+    vlm, pristine, cls, b = one_row()
+    opt = {**options("toy", opt_name, vlm, pristine, b), "return_dict_in_generate": True, "output_scores": True}
+    seen = _lowered(monkeypatch)
+    torch.manual_seed(7)
+    out = interp.intervene(vlm, interp.AIF(max_ratio=0.5), interp.EdgeMask("generated", "vision")).generate(
+        b, max_new_tokens=N, **opt)
+    assert seen == [(2, 0, 2, True)] and out.diagnostics["aif"]["reuse"]
+    lay = run_layout(b, opt)
+    cuts = _aif_cuts(out, lay)["cuts"][None] | pair_cut(lay.generated, lay.vision)
+    with oracle(pristine, cls, cuts={None: cuts}) as model:
+        torch.manual_seed(7)
+        ref = model.generate(**b.inputs, max_new_tokens=N, **opt)
+    assert torch.equal(out.sequences, ref.sequences)
+    torch.testing.assert_close(torch.stack(out.scores), torch.stack(ref.scores), atol=1e-4, rtol=1e-4)

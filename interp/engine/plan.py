@@ -240,25 +240,25 @@ def lower_cuts(ctx, plan, prompt_len: int) -> tuple[Plan, torch.Tensor | None]:
     computed[:, :start] = False
     computed[:, T:] = False  # the prefill's queries
     generate = ctx.mode == "generate"
-    hide, keep, prefill = None, [], []
+    hide, keep, lowered, partial = None, [], [], False
     for c in plan.cuts:
         keys = c.keys.view(B, e, -1)
         mask_like = not bool(c.keys[:, T:].any()) and bool((keys == keys[:, :1]).all())  # HF expands 2D rows
-        decode = not generate or bool(c.queries[:, T:].all())
-        if not (mask_like and decode):
+        full = bool((c.queries | ~computed).all())
+        if not (mask_like and (full or generate) and (not generate or bool(c.queries[:, T:].all()))):
             keep.append(c)
             continue
-        if not bool((c.queries | ~computed).all()):
-            if not generate:
-                keep.append(c)
-                continue
-            prefill.append(c)
+        lowered.append(c)
+        partial |= not full
         k = keys[:, 0, :T]
         hide = k if hide is None else hide | k
     if hide is None:
         return plan, None
     hide = hide & ctx.batch.inputs["attention_mask"].to(hide.device).bool()  # pads are hidden already
-    return replace(plan, cuts=tuple(keep), prefill_cuts=tuple(prefill), unhide=hide if prefill else None), hide
+    if not partial:
+        return replace(plan, cuts=tuple(keep)), hide
+    # the prefill's builder sees every hidden key again, so every lowered cut is applied there as an edit
+    return replace(plan, cuts=tuple(keep), prefill_cuts=tuple(lowered), unhide=hide), hide
 
 
 def hide_keys(mask: torch.Tensor, hide: torch.Tensor | None) -> torch.Tensor:
