@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import nnsight
 import torch
 
-from .engine import Intervention, Prefix, TapInputs, intervene, repeat_layout
+from .engine import EditOutput, Intervention, Prefix, TapInputs, intervene, repeat_layout
 from .errors import InputError, SiteError
 
 
@@ -34,6 +34,22 @@ class BaseRun:
     embeds: torch.Tensor
     positions: torch.Tensor | None
     diagnostics: dict
+
+
+@dataclass(frozen=True, eq=False)
+class SkipMLP(Intervention):
+    """The MLP of `layers` does not run (its output is zero): for a pass that reads only attention, the last
+    layer's MLP (and what it feeds: the final norm, the logits) computes nothing it needs. Logits change."""
+
+    layers: tuple
+    name: str = "skip_mlp"
+
+    def edits(self, ctx):
+        return [EditOutput("mlp_out", self.layers, _zeros, skip=True)]
+
+
+def _zeros(ctx, layer, x):
+    return torch.zeros_like(x)
 
 
 @dataclass(frozen=True, eq=False)

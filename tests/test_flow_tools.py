@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 import interp
-from interp.errors import InputError
+from interp.errors import InputError, SiteError
 from interp.models import zoo as zoo_mod
 from interp.sweep import columns
 
-from conftest import zoo
+from conftest import batch, zoo
 from oracle import oracle, pair_cut
 
 FAMILIES = ("toy", "llava", "qwen2_5_vl")
@@ -306,4 +306,35 @@ def test_skip_and_heads_edits_are_exact_no_ops():
 
     assert torch.equal(intervene(vlm, Same()).forward(clean).logits, plain)
     with pytest.raises(InputError, match="skip=True"):
-        EditOutput("mlp_out", (0,), lambda *a: None, skip=True)
+        EditOutput("attn_out", (0,), lambda *a: None, skip=True)
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_5_vl"])
+def test_a_skipped_mlp_is_a_zero_output_hook(arch):
+    """SkipMLP (AIF's profiling pass skips its last MLP) against a plain PyTorch forward hook that replaces the
+    same MLP's output by zeros on a pristine copy; the MLP's own forward never runs."""
+    from interp.variants import SkipMLP
+
+    vlm = zoo(arch)
+    b = batch(vlm, 2)
+    pristine, _ = zoo_mod.build(arch)
+    pristine.set_attn_implementation("sdpa")
+    lm = pristine.model.language_model
+    last = len(lm.layers) - 1
+    h = lm.layers[last].mlp.register_forward_hook(lambda m, a, o: torch.zeros_like(o))
+    with torch.no_grad():
+        want = pristine(**b.inputs).logits
+    h.remove()
+    ran = []
+    mlp = vlm.hf.model.language_model.layers[last].mlp
+    g = getattr(mlp, "down_proj", None) or mlp.fc2  # inside the MLP: runs only if its forward does
+    g = g.register_forward_hook(lambda *a: ran.append(1))
+    try:
+        got = interp.intervene(vlm, SkipMLP((last,))).forward(b).logits
+    finally:
+        g.remove()
+    real = ~b.layout.pad
+    torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=1e-5)
+    assert not ran
+    with pytest.raises(SiteError, match="MLP is skipped but other edits"):
+        interp.intervene(vlm, SkipMLP((last,)), interp.Patch("mlp_out", (last,), "vision", b)).forward(b)

@@ -72,8 +72,10 @@ class EditOutput:
     """`fn(ctx, layer, value [B, Q, D]) → new value or None` at a module output of `layers`: "resid" (decoder
     layer), "attn_out" (attention block), "mlp_out"; or "heads": each attention head's output before the
     output projection, value [B, Q, H, Dh] (the projection's input, one slice per head). `start`: first
-    position read or written. `skip` (site "resid" only): the decoder layer does not run at all and
-    `fn(ctx, layer, None)` gives its output, e.g. a stored run's where nothing before it changed."""
+    position read or written. `skip`: the module does not run at all; site "resid": the decoder layer, and
+    `fn(ctx, layer, None)` gives its output, e.g. a stored run's where nothing before it changed; site
+    "mlp_out": the MLP, and `fn(ctx, layer, x)` gives its output from its input x [B, Q, D] (e.g. a pass that
+    reads only attention skips the last MLP)."""
 
     site: str
     layers: tuple
@@ -84,9 +86,9 @@ class EditOutput:
     def __post_init__(self):
         if self.site not in SITES:
             raise InputError(f"site must be one of {SITES}, got {self.site!r}")
-        if self.skip and self.site != "resid":
-            raise InputError(f"EditOutput(skip=True) replaces a whole decoder layer: site must be 'resid', got "
-                             f"{self.site!r}")
+        if self.skip and self.site not in ("resid", "mlp_out"):
+            raise InputError(f"EditOutput(skip=True) replaces a whole module: site must be 'resid' (the decoder "
+                             f"layer) or 'mlp_out' (its MLP), got {self.site!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,7 +122,8 @@ class Intervention:
 class Prefix:
     """A profiling pass's KV cache cropped to its first `length` positions, with the embeddings the language
     model received (`embeds` [B, T, D], image features merged), its `positions` (None when the model computes
-    them) and the pass's `logits` [B, T, V] (valid on the prefix: no edit touches it)."""
+    them) and the pass's `logits` [B, T, V] (valid on the prefix: no edit touches it; None where the pass did not
+    compute them, for generate, which needs none)."""
 
     cache: Any
     length: int

@@ -58,6 +58,9 @@ class Run:
         with torch.set_grad_enabled(grad):
             plan = self._plan(ctx)
             if ctx.prefix is not None:
+                if ctx.prefix.logits is None:
+                    raise InputError("an intervention offered a KV prefix without its logits; a forward returns "
+                                     "the prefix rows' logits from it: offer Prefix(..., logits=out.logits)")
                 fwd = decode.suffix_inputs(ctx)
             else:
                 fwd = dict(ctx.inputs)

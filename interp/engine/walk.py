@@ -154,6 +154,9 @@ def walk(ctx, plan) -> None:
             _heads(ctx, l, _path(layer, vlm.adapter.head_out), plan.outputs[("heads", l)])
         for site, env in (("attn_out", layer.self_attn), ("mlp_out", layer.mlp), ("resid", layer)):
             es = [e for e in plan.outputs.get((site, l), ()) if not e.skip]
+            if site == "mlp_out" and len(es) < len(plan.outputs.get((site, l), ())):
+                _skip_mlp(ctx, l, env, plan.outputs[(site, l)])
+                continue
             if not es:
                 continue
             value = env.output[0] if site == "attn_out" else env.output
@@ -174,6 +177,15 @@ def _skip(ctx, plan, l, layer, skips, attn_layers) -> None:
     for e in skips:
         value = e.fn(ctx, l, None)
     layer.skip(value)
+
+
+def _skip_mlp(ctx, l, mlp, edits) -> None:
+    """The MLP does not run: its output is what the skip edit gives from its input (one edit, nothing else there)."""
+    if len(edits) > 1:
+        raise SiteError(f"layer {l}'s MLP is skipped but other edits act on its output; a skipped MLP runs nothing "
+                        "to edit")
+    x = mlp.input
+    mlp.skip(edits[0].fn(ctx, l, x))
 
 
 def _path(env, path: str):

@@ -25,7 +25,7 @@ from ..layout import check_group
 from ..engine import Cut, Intervention, Prefix, intervene
 from ..engine.core import describe
 from ..engine.plan import layer_tuple
-from ..variants import EmbedsTap
+from ..variants import EmbedsTap, SkipMLP
 from . import aif_math
 
 
@@ -94,6 +94,10 @@ class AIF(Intervention):
         cap = Capture(queries=queries, heads=self.heads, name="aif_profile")
         tap = EmbedsTap()
         ivs = (cap, tap) if reuse else (cap,)
+        # the pass reads attention only: the last MLP is skipped, unless a forward reuses its logits for the prefix
+        keep_logits = reuse and ctx.mode == "forward"
+        if not keep_logits:
+            ivs += (SkipMLP((vlm.num_layers - 1,)),)
         extra = {"position_ids": ctx.inputs["position_ids"]} if "position_ids" in ctx.inputs else {}
         out = intervene(vlm, *ivs).forward(batch, inputs=extra, return_cache=reuse)
         stats = out.diagnostics[cap.name]
@@ -120,7 +124,8 @@ class AIF(Intervention):
             cache = out.cache
             cache.crop(-(T - P))  # keep the first P positions; this transformers rejects a positive length
             s["prefix"] = Prefix(cache=cache, length=P, embeds=out.diagnostics[tap.name]["embeds"],
-                                 positions=out.diagnostics[tap.name]["positions"], logits=out.logits)
+                                 positions=out.diagnostics[tap.name]["positions"],
+                                 logits=out.logits if keep_logits else None)
             ctx.offer_prefix(s["prefix"])
 
     def _reuse(self, ctx, P):
