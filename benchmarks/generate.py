@@ -14,8 +14,9 @@ nnsight. Cases (each interp variant against plain `generate` with the same optio
 - `edge_sampling`: `intervene(vlm, EdgeMask("after_image", "vision"))` with the sampling options;
 - `long_edge`, `long_aif`: `max_new_tokens=16384` with a 2-token answer (a stopping criterion ends both after
   two tokens) under the EdgeMask and under AIF: time interleaved as above, peak memory above the loaded model
-  in fresh child processes (4 per variant, interleaved; median of their runs). (With two new tokens AIF's profiling pass is a second prefill-sized forward, so
-  `long_aif` measures AIF's fixed cost; `long_edge` measures what planning 16,384 positions costs.)
+  in fresh child processes (4 per variant, interleaved; median of their runs). (With two new tokens AIF's
+  profiling pass is a second prefill-sized forward, so `long_aif` measures AIF's fixed cost; `long_edge`
+  measures what planning 16,384 positions costs.)
 
 Rounds are interleaved (order rotated each round), one thread; the headline is the paired ratio (median over
 rounds of interp ÷ plain in the same round). Writes `benchmarks/results/generate.json` (or `--out`).
