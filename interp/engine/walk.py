@@ -6,7 +6,8 @@ each prefill and decode step of HF `generate`), visiting sites in execution orde
   3. per layer, at the attention call: per-layer `Cut`s, then `EditProbs` (which re-apply the visibility
      mask, so cut edges stay cut), then `ReadProbs` (which see what the model finally used);
   4. per layer: each head's output before the output projection ("heads"), attention output, MLP
-     output, decoder-layer output (`EditOutput`); a layer an `EditOutput(skip=True)` replaces does not run.
+     output, decoder-layer output (`EditOutput`); a layer (or an MLP) an `EditOutput(skip=True)` replaces does
+     not run.
 """
 
 from __future__ import annotations
