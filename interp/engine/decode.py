@@ -17,8 +17,8 @@ from ..errors import InputError
 class GenerateOutput:
     """`sequences`: [B·num_return_sequences, T+n] ids exactly as HF returns them; `texts`: the decoded new
     tokens per returned row (special tokens skipped, surrounding whitespace stripped); `diagnostics`:
-    {intervention name: dict}; `hf`: HF's own return value (a `GenerateOutput` dataclass with `return_dict_in_generate=True`, whose fields, e.g. `.scores`, are also
-    reachable here)."""
+    {intervention name: dict}; `hf`: HF's own return value (a `GenerateOutput` dataclass with
+    `return_dict_in_generate=True`, whose fields, e.g. `.scores`, are also reachable here)."""
 
     texts: list
     sequences: torch.Tensor
