@@ -59,7 +59,7 @@ def save_vif(vif, path, vlm, *, step: int | None = None, extra: dict | None = No
                 "normalize": vif.normalize, "decode": bool(vif.decode), "sample": bool(vif.sample),
                 "positions": bool(vif.positions), "queries": queries},
         "base_model": vlm.identity(),
-        "base_weights": _weights_fingerprint(vlm),
+        "base_weights": vlm.weights_fingerprint(),
         "parameters": vif.module.num_parameters(),
         "step": step,
         "training": extra or {},
@@ -90,11 +90,6 @@ def read_config(path) -> dict:
     return cfg
 
 
-def _weights_fingerprint(vlm):
-    get = getattr(vlm, "weights_fingerprint", None)  # VLM.weights_fingerprint; None for fakes and remote models
-    return get() if callable(get) else None
-
-
 def same_weights(saved: dict, current: dict) -> bool:
     """Two `VLM.weights_fingerprint`s name the same weights: equal shapes, and equal hashes (same dtype) or
     equal sampled values up to the rounding of a dtype cast (fp32 → bf16 / fp16)."""
@@ -112,7 +107,7 @@ def same_weights(saved: dict, current: dict) -> bool:
 
 def check_weights(saved, vlm, where, allow_other_base: bool = False) -> None:
     """Refuse a checkpoint whose base weights differ from `vlm`'s (`allow_other_base=True` accepts them)."""
-    current = _weights_fingerprint(vlm)
+    current = vlm.weights_fingerprint()
     if allow_other_base or current is None:
         return
     if not saved:
