@@ -245,7 +245,8 @@ def lower_cuts(ctx, plan, prompt_len: int) -> tuple[Plan, torch.Tensor | None]:
         keys = c.keys.view(B, e, -1)
         mask_like = not bool(c.keys[:, T:].any()) and bool((keys == keys[:, :1]).all())  # HF expands 2D rows
         full = bool((c.queries | ~computed).all())
-        if not (mask_like and (full or generate) and (not generate or bool(c.queries[:, T:].all()))):
+        every_generated = bool(c.queries[:, T:].all())  # a forward has no positions past T: True
+        if not (mask_like and every_generated and (full or generate)):
             keep.append(c)
             continue
         lowered.append(c)
